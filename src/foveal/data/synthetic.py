@@ -1,0 +1,132 @@
+"""Synthetic clips with ground truth: coloured shapes moving at constant velocity and bouncing off the borders.
+
+Every clip is a pure function of (spec, size, frames, seed, index), so the default needs no download and every run
+sees the same pixels. The caption names the target object first ("the small red triangle moves left and bounces.")
+and then the other named objects; distractors move too but are never named. Ground truth per frame: every object's
+box and mask, and which one is the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import SynthSpec
+
+COLOURS = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 90, 235),
+    "yellow": (240, 220, 40),
+    "magenta": (220, 50, 220),
+    "cyan": (40, 220, 220),
+    "orange": (250, 140, 30),
+    "white": (245, 245, 245),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("right", "up right", "up", "up left", "left", "down left", "down", "down right")  # by angle, 45 deg
+SIZES = ("small", "large")
+WORDS = sorted({*COLOURS, *SHAPES, *SIZES, *" ".join(DIRECTIONS).split(), "the", "a", "moves", "and", "bounces", "."})
+
+
+@dataclass
+class SynthClip:
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    caption: str
+    boxes: np.ndarray  # [T, K, 4] float pixel boxes (x0, y0, x1, y1) of every object, target first
+    masks: np.ndarray  # [T, K, H, W] bool, each object's visible pixels (later objects paint over earlier ones)
+    target: int = 0  # index of the object the caption names first
+    named: int = 1  # objects 0..named-1 are named in the caption; the rest are distractors
+
+
+def _bounce(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fold a straight path into [lo, hi] like a ball between two walls; also returns the direction sign."""
+    span = hi - lo
+    y = np.mod(x - lo, 2 * span)
+    return lo + span - np.abs(y - span), np.where(y < span, 1.0, -1.0)
+
+
+def _shape_mask(shape: str, xx, yy, cx, cy, r) -> np.ndarray:
+    """xx, yy [1, H, W] pixel centres; cx, cy [T, 1, 1]; r half-size -> [T, H, W] bool."""
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+    # triangle, apex up: half-width grows from 0 at the top to r at the bottom
+    return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
+
+
+def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: int) -> SynthClip:
+    rng = np.random.default_rng([seed, index, 7919])
+    k = spec.num_objects + spec.num_distractors
+    colours = rng.choice(list(COLOURS), size=k, replace=k > len(COLOURS))
+    shapes = rng.choice(SHAPES, size=k)
+    lo, hi = spec.size_range
+    sides = rng.uniform(lo, hi, size=k) * size  # object side in pixels
+    angles = rng.integers(0, 8, size=k) * np.pi / 4 + rng.uniform(-0.2, 0.2, size=k)
+    start = rng.uniform(0, 1, size=(k, 2))
+
+    t = np.arange(num_frames, dtype=np.float64)[:, None, None]  # [T, 1, 1]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)[:, None] + 0.5  # [1, H, W] each
+    frames = _background(rng, size, spec.textured_background)
+    frames = np.broadcast_to(frames, (num_frames, size, size, 3)).copy()
+    boxes = np.zeros((num_frames, k, 4))
+    masks = np.zeros((num_frames, k, size, size), dtype=bool)
+    bounced = np.zeros(k, dtype=bool)
+    for j in range(k):  # few objects; each is one vectorised render over all frames
+        r = sides[j] / 2
+        vel = spec.speed * size * np.array([np.cos(angles[j]), -np.sin(angles[j])])
+        path = start[j] * (size - 2 * r) + r + vel * t[:, 0]  # [T, 2] unfolded
+        cx, sx = _bounce(path[:, 0], r, size - r)
+        cy, sy = _bounce(path[:, 1], r, size - r)
+        bounced[j] = bool((np.diff(sx) != 0).any() or (np.diff(sy) != 0).any())
+        mask = _shape_mask(shapes[j], xx, yy, cx[:, None, None], cy[:, None, None], r)  # [T, H, W]
+        frames[mask] = COLOURS[colours[j]]
+        masks[:, :j] &= ~mask[:, None]  # occluded pixels belong to the object in front
+        masks[:, j] = mask
+        boxes[:, j] = np.stack([cx - r, cy - r, cx + r, cy + r], axis=1)
+
+    def describe(j: int) -> str:
+        direction = DIRECTIONS[int(np.round((angles[j] % (2 * np.pi)) / (np.pi / 4))) % 8]
+        size_word = SIZES[int(sides[j] / size > (lo + hi) / 2)]
+        text = f"{size_word} {colours[j]} {shapes[j]} moves {direction}"
+        return text + (" and bounces" if bounced[j] else "")
+
+    caption = " . ".join(("the " if j == 0 else "a ") + describe(j) for j in range(spec.num_objects)) + " ."
+    return SynthClip(frames, caption, boxes, masks, target=0, named=spec.num_objects)
+
+
+def _background(rng: np.random.Generator, size: int, textured: bool) -> np.ndarray:
+    if not textured:
+        return np.full((size, size, 3), 20, dtype=np.uint8)
+    # smooth random texture: low-resolution noise upsampled; static over the clip
+    coarse = rng.integers(0, 90, size=(8, 8, 3)).astype(np.uint8)
+    reps = -(-size // 8)
+    return np.kron(coarse, np.ones((reps, reps, 1), dtype=np.uint8))[:size, :size]
+
+
+def patch_masks(masks: np.ndarray, patch: int, min_cover: float = 0.0) -> np.ndarray:
+    """Pixel masks [..., H, W] -> patch-grid masks [..., H//patch, W//patch]: True where the object covers more than
+    min_cover of the patch (default: any pixel). Pixels beyond the last full patch are dropped, as the encoder does."""
+    h, w = masks.shape[-2:]
+    g_h, g_w = h // patch, w // patch
+    cropped = masks[..., : g_h * patch, : g_w * patch]
+    cover = cropped.reshape(*masks.shape[:-2], g_h, patch, g_w, patch).mean(axis=(-3, -1))
+    return cover > min_cover
+
+
+def word_tokenizer():
+    """A word-level tokenizer over the synthetic captions' vocabulary (built in memory, no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
+    )

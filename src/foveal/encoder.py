@@ -1,0 +1,120 @@
+"""Foveated encoder: a DINOv2 model encodes every frame once; a query vector then reads one token out of it.
+
+encode(): all N = B*T frames in one batched pass, keeping each layer's key/value of the patch tokens (CLS + patches).
+attend(): deep (default) runs the query token through every layer with that layer's own weights, attending to the
+cached patch keys/values only; the patches never see the query, so one encode serves every query pass (coarse, fine,
+autoregressive). Shallow is the ablation: one attention of the projected query over the final features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PatchCache:
+    """Per-layer keys/values and final features of N encoded frames."""
+
+    keys: torch.Tensor  # [L, N, heads, P, hd]  P = 1 + patches (CLS first)
+    values: torch.Tensor  # [L, N, heads, P, hd]
+    features: torch.Tensor  # [N, P, D]  after the final layernorm
+
+    def index(self, idx) -> PatchCache:
+        """Frames idx (a slice, index tensor or int list) of the cache."""
+        return PatchCache(self.keys[:, idx], self.values[:, idx], self.features[idx])
+
+    def detach(self) -> PatchCache:
+        return PatchCache(self.keys.detach(), self.values.detach(), self.features.detach())
+
+    @property
+    def num_frames(self) -> int:
+        return self.features.shape[0]
+
+
+@dataclass
+class Attention:
+    """What the query looked at: softmax weights over the P tokens (CLS first), per layer and head."""
+
+    weights: torch.Tensor  # [N, K, L, heads, P]  (shallow: L = heads = 1)
+
+
+class FoveatedEncoder(nn.Module):
+    def __init__(self, dino: nn.Module, query_dim: int, deep: bool = True):
+        super().__init__()
+        self.dino = dino
+        width = dino.config.hidden_size
+        self.num_heads = dino.config.num_attention_heads
+        self.head_dim = width // self.num_heads
+        self.patch_size = dino.config.patch_size
+        self.deep = deep
+        self.query_input_proj = nn.Linear(query_dim, width, bias=False)  # a bias would swamp small queries (BUG-002)
+        self.query_output_proj = nn.Linear(width, width)
+
+    @property
+    def width(self) -> int:
+        return self.dino.config.hidden_size
+
+    def grid(self, frame_size: int) -> int:
+        return frame_size // self.patch_size
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # [N, S, D] -> [N, heads, S, hd]
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:  # [N, heads, S, hd] -> [N, S, D]
+        return x.transpose(1, 2).flatten(2)
+
+    def encode(self, frames: torch.Tensor) -> PatchCache:
+        """frames [N, 3, H, W] (ImageNet-normalised) -> PatchCache. The layers are the HF layers' own modules; the
+        forward is written out so each layer's K/V is computed once and kept, not recomputed for the cache."""
+        h = self.dino.embeddings(frames)  # [N, P, D]
+        keys, values = [], []
+        for layer in self.dino.encoder.layer:
+            attn = layer.attention
+            x = layer.norm1(h)
+            q, k, v = self._split(attn.q_proj(x)), self._split(attn.k_proj(x)), self._split(attn.v_proj(x))
+            a = F.scaled_dot_product_attention(q, k, v)  # [N, heads, P, hd]
+            h = h + layer.layer_scale1(attn.o_proj(self._merge(a)))
+            h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
+            keys.append(k)
+            values.append(v)
+        return PatchCache(torch.stack(keys), torch.stack(values), self.dino.layernorm(h))
+
+    def attend(
+        self, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False
+    ) -> tuple[torch.Tensor, Attention | None]:
+        """queries [N, Q] or [N, K, Q] (K independent queries per frame) -> tokens [N, D] or [N, K, D]."""
+        squeeze = queries.dim() == 2
+        x = self.query_input_proj(queries[:, None] if squeeze else queries)  # [N, K, D]
+        if self.deep:
+            x, weights = self._attend_deep(x, cache, return_attention)
+        else:
+            x, weights = self._attend_shallow(x, cache, return_attention)
+        z = self.query_output_proj(x)  # [N, K, D]
+        attention = Attention(weights) if return_attention else None
+        return (z[:, 0] if squeeze else z), attention
+
+    def _attend_deep(self, x, cache: PatchCache, return_attention: bool):
+        maps = []
+        for layer, k, v in zip(self.dino.encoder.layer, cache.keys, cache.values):
+            attn = layer.attention
+            q = self._split(attn.q_proj(layer.norm1(x)))  # [N, heads, K, hd]; no key of its own: patches only
+            if return_attention:  # same maths as SDPA, with the weights kept (K x P is small)
+                w = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)  # [N, heads, K, P]
+                a = w @ v
+                maps.append(w.transpose(1, 2))  # [N, K, heads, P]
+            else:
+                a = F.scaled_dot_product_attention(q, k, v)
+            x = x + layer.layer_scale1(attn.o_proj(self._merge(a)))
+            x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
+        weights = torch.stack(maps, dim=2) if return_attention else None  # [N, K, L, heads, P]
+        return self.dino.layernorm(x), weights
+
+    def _attend_shallow(self, x, cache: PatchCache, return_attention: bool):
+        f = cache.features  # [N, P, D]
+        w = torch.softmax((x @ f.transpose(-1, -2)) * self.width**-0.5, dim=-1)  # [N, K, P]
+        weights = w[:, :, None, None] if return_attention else None  # [N, K, 1, 1, P]
+        return w @ f, weights

@@ -1,0 +1,396 @@
+"""Train one foveated model from a RunConfig. The same code runs on a laptop CPU and under torchrun (DDP).
+
+Per optimiser step: grad_accum micro-batches (gradients synchronised on the last one only), a guard against
+non-finite losses or gradients, global-norm clipping, AdamW, the LR schedule. Every step appends a line to
+metrics.jsonl (and TensorBoard / W&B); every ckpt_every steps an atomic checkpoint that resumes bit-exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import distributed
+from .backbones import build_vae, fingerprint, num_params
+from .build import build_model
+from .checkpoint import (
+    latest,
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import RunConfig, TrainConfig
+from .data.dataset import Collator, LatentCache, build_datasets, latents_for, micro_batch
+from .evaluate import evaluate, make_batch, summarize
+from .model import FoveatedVLM, Output, PassOutput
+
+LAST_N = 100  # the seed's "final ratio": mean of the last 100 step ratios
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# objective, optimiser, schedule
+
+
+def pass_loss(p: PassOutput, t: TrainConfig) -> torch.Tensor:
+    if t.objective == "recon":
+        return p.recon_loss
+    if t.objective == "caption":
+        return p.caption_loss
+    return p.caption_loss + t.recon_weight * p.recon_loss
+
+
+def fine_weights(n: int, mode: str) -> list[float]:
+    if mode == "final":
+        return [0.0] * (n - 1) + [1.0]
+    if mode == "mean":
+        return [1.0 / n] * n
+    return [i / (n * (n + 1) / 2) for i in range(1, n + 1)]  # progressive: i / sum(i)
+
+
+def objective_loss(out: Output, t: TrainConfig) -> torch.Tensor:
+    fine = sum(w * pass_loss(p, t) for w, p in zip(fine_weights(len(out.fine), t.fine_loss), out.fine) if w)
+    return fine + t.coarse_weight * pass_loss(out.coarse, t) if t.coarse_weight else fine
+
+
+def param_groups(model: FoveatedVLM, t: TrainConfig) -> list[dict]:
+    """Backbone (DINOv2, LLM) at backbone_lr; everything newly initialised (the connector: projections, queries,
+    mode tokens, blank latent, head) at lr. Weight decay on Linear/Conv weights only."""
+    backbone = {id(p) for m in model.backbone_modules() for p in m.parameters()}
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    groups: dict[tuple[str, bool], list] = {}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups.setdefault(("backbone" if id(p) in backbone else "connector", id(p) in decayed), []).append(p)
+    return [
+        {
+            "name": f"{part}{'' if decay else '_no_decay'}",
+            "params": params,
+            "lr": t.backbone_lr if part == "backbone" else t.lr,
+            "weight_decay": t.weight_decay if decay else 0.0,
+        }
+        for (part, decay), params in sorted(groups.items())
+    ]
+
+
+def lr_factor(step: int, t: TrainConfig) -> float:
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.schedule == "constant":
+        return 1.0
+    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: FoveatedVLM, t: TrainConfig, device: torch.device):
+    fused = device.type == "cuda"
+    opt = torch.optim.AdamW(param_groups(model, t), fused=fused or None, foreach=None if fused else True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
+    return opt, sched
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "fp16" and device.type != "cuda":
+        raise TrainingError("train.precision: fp16 needs CUDA (it relies on a GradScaler); use bf16 on CPU")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# logging
+
+
+class Logger:
+    """metrics.jsonl always; TensorBoard by default; W&B when asked (WANDB_MODE=offline works without network)."""
+
+    def __init__(self, out: Path, cfg: RunConfig, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.path = out / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop lines past the checkpoint we resume from: no duplicated steps
+            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
+            self.path.write_text("".join(ln + "\n" for ln in lines))
+        if cfg.train.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
+        if cfg.train.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise TrainingError("train.wandb: install wandb first (pip install wandb)") from e
+            id_file = out / "wandb_id"
+            run_id = id_file.read_text() if id_file.exists() else wandb.util.generate_id()
+            id_file.write_text(run_id)
+            self.wandb = wandb.init(project="foveal", dir=str(out), id=run_id, resume="allow", config=cfg.to_dict())
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for k, v in row.items():
+            if self.tb and k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, row["step"])
+        if self.wandb:
+            self.wandb.log(row, step=row["step"])
+
+    def close(self) -> None:
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def prepare_targets(cfg: RunConfig, datasets, dist, quiet: bool) -> list[torch.Tensor | None]:
+    """VAE latents of every clip, encoded once into the cache (rank 0 encodes, the others read)."""
+    if cfg.model.target != "vae":
+        return [None for _ in datasets]
+    vae = build_vae(cfg.model.vae, cfg.model.frame_size, cfg.train.seed)
+    cache = LatentCache(cfg.cache_dir, fingerprint(vae))
+    names = ["train clips", "held-out clips"]
+    if dist.main:
+        out = [latents_for(d, vae, cache, name, quiet) for d, name in zip(datasets, names)]
+    dist.barrier()
+    if not dist.main:
+        out = [
+            latents_for(d, vae, LatentCache(cfg.cache_dir, cache.dir.name), n, True) for d, n in zip(datasets, names)
+        ]
+    return out
+
+
+def train(cfg: RunConfig, quiet: bool = False) -> dict:
+    dist = distributed.setup()
+    t = cfg.train
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+    torch.manual_seed(t.seed)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+    model, tokenizer = build_model(cfg)
+    model.to(dist.device)
+    train_set, heldout_set = build_datasets(cfg)
+    train_targets, heldout_targets = prepare_targets(cfg, [train_set, heldout_set], dist, quiet)
+    collate = Collator(tokenizer, t.max_caption_tokens)
+    caption = t.objective in ("caption", "joint")
+    recon = t.objective in ("recon", "joint")
+    kinds = [k for k, on in (("recon", recon), ("caption", caption)) if on]
+
+    opt, sched = make_optimizer(model, t, dist.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+    history: dict = {"ratio": {k: [] for k in kinds}, "coarse": {k: [] for k in kinds}, "fine": {k: [] for k in kinds}}
+    start, nonfinite_total, elapsed0 = 0, 0, 0.0
+    resume_from = latest(ckpt_dir) if cfg.resume else None
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        load_model_state(model, ckpt)
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start, history, nonfinite_total, elapsed0 = ckpt["step"], ckpt["history"], ckpt["nonfinite"], ckpt["elapsed_s"]
+        if dist.main and not quiet:
+            print(f"resumed from {resume_from} at step {start}")
+
+    net = DDP(model, find_unused_parameters=True) if dist.world > 1 else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    logger = Logger(out, cfg, start, dist.main)
+    autocast = autocast_for(t.precision, dist.device)
+    t0 = time.time()
+
+    def checkpoint(step: int, metric: float | None) -> None:
+        if not dist.main:
+            return
+        state, frozen_fp = model_state(model)
+        save_checkpoint(
+            ckpt_dir,
+            {
+                "model": state,
+                "frozen_fingerprint": frozen_fp,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_state(),
+                "data_position": step * t.grad_accum,
+                "history": history,
+                "nonfinite": nonfinite_total,
+                "elapsed_s": elapsed0 + time.time() - t0,
+                "config": cfg.to_dict(),
+            },
+            step,
+            t.keep_last,
+            metric,
+        )
+
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=t.steps,
+        initial=start,
+        desc=f"{cfg.model.head}",
+        disable=True if quiet or not dist.main else None,  # None: off when not a terminal
+        dynamic_ncols=True,
+        leave=False,
+    )
+    consecutive_bad, done = 0, start
+    model.train()
+    for step in range(start, t.steps):
+        if t.minutes is not None and dist.any(elapsed0 + time.time() - t0 > t.minutes * 60):
+            break
+        ts = time.time()
+        sums = {f"{k}_{p}": 0.0 for k in kinds for p in ("coarse", "fine")}
+        loss_sum, bad = 0.0, False
+        for micro in range(t.grad_accum):
+            idx = micro_batch(step * t.grad_accum + micro, len(train_set), t.batch_size, t.seed, dist.rank, dist.world)
+            raw = collate([train_set[i] for i in idx])
+            batch = make_batch(raw, None if train_targets is None else train_targets[idx], dist.device, caption)
+            sync = micro == t.grad_accum - 1 or dist.world == 1
+            with contextlib.nullcontext() if sync else net.no_sync(), autocast:
+                res = net(batch, recon=recon, caption=caption, fine_iterations=t.fine_iterations)
+                loss = objective_loss(res, t)
+            bad |= not torch.isfinite(loss).item()
+            scaler.scale(loss / t.grad_accum).backward()
+            loss_sum += loss.item() / t.grad_accum
+            for k in kinds:
+                sums[f"{k}_coarse"] += getattr(res.coarse, f"{k}_loss").item() / t.grad_accum
+                sums[f"{k}_fine"] += getattr(res.fine[-1], f"{k}_loss").item() / t.grad_accum
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+        bad |= not torch.isfinite(grad_norm).item()
+        done = step + 1
+        if dist.any(bad):  # skip the update on every rank; the weights stay the last good ones
+            opt.zero_grad(set_to_none=True)
+            scaler.update()
+            consecutive_bad += 1
+            nonfinite_total += 1
+            logger.log({"step": step, "skipped_nonfinite": 1, "nonfinite_total": nonfinite_total})
+            if consecutive_bad >= t.max_nonfinite:
+                checkpoint(step, None)
+                raise TrainingError(
+                    f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (last at step {step}); "
+                    f"stopped with a checkpoint of the last good weights in {ckpt_dir}. Lower train.lr, use fp32, or "
+                    f"check the data for NaNs."
+                )
+            continue
+        consecutive_bad = 0
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+        vals = dist.sum([loss_sum, *sums.values()])
+        loss_mean, means = vals[0] / dist.world, {k: v / dist.world for k, v in zip(sums, vals[1:])}
+        row = {
+            "step": step,
+            "loss": loss_mean,
+            "lr": sched.get_last_lr()[-1],
+            "grad_norm": float(grad_norm),
+            "step_s": time.time() - ts,
+            **means,
+        }
+        for k in kinds:
+            ratio = means[f"{k}_coarse"] / max(means[f"{k}_fine"], 1e-12)
+            row[f"{k}_ratio"] = ratio
+            history["ratio"][k].append(ratio)
+            history["coarse"][k].append(means[f"{k}_coarse"])
+            history["fine"][k].append(means[f"{k}_fine"])
+        if t.eval_every and done % t.eval_every == 0 and done < t.steps and dist.main:
+            ev = summarize(
+                evaluate(
+                    model,
+                    heldout_set,
+                    heldout_targets,
+                    collate,
+                    recon=recon,
+                    caption=caption,
+                    fine_iterations=t.fine_iterations,
+                    autocast=autocast_for(t.precision, dist.device),
+                )
+            )
+            row.update({f"heldout_{k}_ratio": ev[k]["ratio"] for k in kinds})
+        logger.log(row)
+        bar.update(1)
+        bar.set_postfix({"loss": f"{loss_mean:.4g}", **{f"{k[:3]}_ratio": f"{row[f'{k}_ratio']:.4f}" for k in kinds}})
+        if done % t.ckpt_every == 0 and done < t.steps:
+            checkpoint(done, loss_mean)
+    bar.close()
+    fine_hist = history["fine"][kinds[0]]
+    checkpoint(done, fine_hist[-1] if fine_hist else None)
+
+    results = {}
+    if dist.main:
+        ev_arrays = evaluate(
+            model,
+            heldout_set,
+            heldout_targets,
+            collate,
+            recon=recon,
+            caption=caption,
+            fine_iterations=t.fine_iterations,
+            autocast=autocast_for(t.precision, dist.device),
+        )
+        results = summarize_run(
+            cfg, model, history, summarize(ev_arrays, seed=t.seed), kinds, nonfinite_total, elapsed0 + time.time() - t0
+        )
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        torch.save({k: torch.from_numpy(v) for k, v in ev_arrays.items()}, out / "heldout_losses.pt")
+    logger.close()
+    dist.barrier()
+    return results
+
+
+def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinite: int, wall_s: float) -> dict:
+    """The seed's table numbers from the per-step history, plus the held-out ones."""
+    primary = kinds[0]
+    ratios = history["ratio"][primary]
+    last = slice(-LAST_N, None)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else float("nan")  # noqa: E731
+    row = {
+        "head": cfg.model.head,
+        "objective": cfg.train.objective,
+        "preset": cfg.preset,
+        "steps": len(ratios),
+        "final_ratio": mean(ratios[last]),
+        "ratio_above_1": mean([float(r > 1) for r in ratios]),
+        "min_ratio": min(ratios, default=float("nan")),
+        "max_ratio": max(ratios, default=float("nan")),
+        "loss_fine": mean(history["fine"][primary][last]),
+        "loss_coarse": mean(history["coarse"][primary][last]),
+        "params": num_params(model.head),
+        "heldout_ratio": heldout.get(primary, {}).get("ratio", float("nan")),
+        "coarse_weight": cfg.train.coarse_weight,
+        "seed": cfg.train.seed,
+        "ratio_kind": primary,
+        "nonfinite_steps": nonfinite,
+        "wall_s": round(wall_s, 1),
+        "heldout": heldout,
+        "step_ratios": history["ratio"],
+    }
+    for k in kinds[1:]:
+        row[f"final_{k}_ratio"] = mean(history["ratio"][k][last])
+        row[f"heldout_{k}_ratio"] = heldout.get(k, {}).get("ratio", float("nan"))
+    return row
