@@ -1,0 +1,72 @@
+import json
+
+from conftest import tiny_overrides
+
+from foveal.cli import main
+from foveal.heads import HEADS
+
+ROW_KEYS = {
+    "head",
+    "steps",
+    "final_ratio",
+    "ratio_above_1",
+    "params",
+    "min_ratio",
+    "max_ratio",
+    "loss_fine",
+    "loss_coarse",
+    "heldout_ratio",
+    "coarse_weight",
+    "seed",
+}
+
+
+def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
+    out = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+            *[o for o in tiny_overrides() if not o.startswith("train.steps")],
+            f"cache_dir={cache_dir}",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| Head Type | Steps | Final Ratio | Ratio > 1.0 | Parameters | Held-out Ratio | Notes |" in printed
+    rows = json.loads((out / "summary.json").read_text())
+    assert [r["head"] for r in rows] == list(HEADS)
+    for r in rows:
+        assert ROW_KEYS <= set(r)
+        assert r["steps"] == 2 and r["seed"] == 3 and r["coarse_weight"] == 1.0
+        assert 0.0 <= r["ratio_above_1"] <= 1.0
+        assert r["min_ratio"] <= r["final_ratio"] <= r["max_ratio"]
+        per_head = json.loads((out / r["head"] / "results.json").read_text())
+        assert ROW_KEYS <= set(per_head)
+        assert len(per_head["step_ratios"]["recon"]) == 2
+        assert per_head["final_ratio"] == r["final_ratio"]
+    md = (out / "summary.md").read_text()
+    assert md.count("\n| **") == len(HEADS)
+    assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_backbones_and_data_for_every_head(tmp_path, cache_dir):
+    """Every head starts from identical backbone and connector weights."""
+    import torch
+
+    from foveal.build import build_model
+    from foveal.config import load_config
+
+    states = []
+    for head in ("film", "mlp"):
+        cfg = load_config("tiny", overrides=[f"model.head={head}", f"cache_dir={cache_dir}"])
+        model, _ = build_model(cfg)
+        states.append({k: v for k, v in model.state_dict().items() if not k.startswith("head.")})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -1,0 +1,225 @@
+"""Training infrastructure: exact resume after SIGKILL, atomic checkpoints, DDP equivalence, guards, config errors."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from foveal.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
+from foveal.config import ConfigError, load_config
+from foveal.data.dataset import micro_batch
+from foveal.train import TrainingError, param_groups, train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def run_cli(args, cwd, env_extra=None, wait=True):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env.update(env_extra or {})
+    cmd = [sys.executable, "-m", "foveal", *args]
+    if wait:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "step_s"} for r in rows]  # wall time is the only thing that differs
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path, cache_dir):
+    common = [
+        "train",
+        "--quiet",
+        *tiny_overrides(**{"train.steps": 8, "train.ckpt_every": 1}),
+        f"cache_dir={cache_dir}",
+    ]
+    ref = run_cli([*common, f"out_dir={tmp_path / 'ref'}"], tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    run = tmp_path / "killed"
+    kill_after = random.Random().randint(1, 6)  # a random step, as the issue asks
+    proc = run_cli([*common, f"out_dir={run}"], tmp_path, wait=False)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        done = (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines())
+        if done and done >= kill_after:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "results.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli([*common, f"out_dir={run}", "resume=true"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step-0000008.pt")
+    b = load_checkpoint(run / "checkpoints" / "step-0000008.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert metrics(tmp_path / "ref") == metrics(run)
+    assert [r["step"] for r in metrics(run)] == list(range(8))
+
+
+def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"w": torch.ones(3)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        atomic_save({"w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["w"], torch.ones(3))
+
+
+def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
+    from foveal.build import build_model
+
+    model, _ = build_model(tiny_cfg())
+    state = {f"module._orig_mod.{k}": v.clone() + 1 for k, v in model.state_dict().items()}
+    assert set(strip_prefixes(state)) == set(model.state_dict())
+    load_model_state(model, {"model": state}, check_frozen=False)
+    k = "q_static"
+    torch.testing.assert_close(model.state_dict()[k], state[f"module._orig_mod.{k}"])
+
+
+def test_param_groups_put_every_new_module_in_the_connector(tiny_cfg):
+    from foveal.build import build_model
+
+    cfg = tiny_cfg()
+    model, _ = build_model(cfg)
+    groups = param_groups(model, cfg.train)
+    by_id = {id(p): g["name"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    new = [n for n in named if not n.startswith(("encoder.dino.", "llm."))]
+    assert any(n.startswith("encoder.query_output_proj") for n in new)  # the layer the reference misfiled
+    for n in new:
+        assert by_id[id(named[n])].startswith("connector"), n
+    for n, p in named.items():
+        if n.startswith("llm."):
+            assert by_id[id(p)].startswith("backbone")
+        if n.startswith("encoder.dino."):  # frozen: in no group
+            assert id(p) not in by_id
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["connector"] == cfg.train.lr and lrs["backbone"] == cfg.train.backbone_lr
+
+
+def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
+    import foveal.heads as heads
+
+    calls = {"n": 0}
+    original = heads.FiLMHead.predict
+
+    def flaky(self, h, prev):
+        calls["n"] += 1
+        out = original(self, h, prev)
+        return out * float("nan") if calls["n"] == 3 else out  # one micro-batch of step 1 (2 per step)
+
+    monkeypatch.setattr(heads.FiLMHead, "predict", flaky)
+    cfg = tiny_cfg(**{"train.steps": 4})
+    results = train(cfg, quiet=True)
+    assert results["nonfinite_steps"] == 1
+    assert results["steps"] == 3  # the skipped step has no ratio
+    rows = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("skipped_nonfinite", 0) for r in rows] == [0, 1, 0, 0]
+
+
+def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_cfg, monkeypatch):
+    import foveal.heads as heads
+
+    calls = {"n": 0}
+    original = heads.FiLMHead.predict
+
+    def breaks_after_one_step(self, h, prev):
+        calls["n"] += 1
+        out = original(self, h, prev)
+        return out if calls["n"] <= 2 else out * float("nan")
+
+    monkeypatch.setattr(heads.FiLMHead, "predict", breaks_after_one_step)
+    cfg = tiny_cfg(**{"train.steps": 10, "train.max_nonfinite": 3, "train.ckpt_every": 100})
+    with pytest.raises(TrainingError, match="3 consecutive"):
+        train(cfg, quiet=True)
+    ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.pt"))
+    assert ckpts, "no checkpoint written"
+    state = load_checkpoint(ckpts[-1])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["step"] == 3  # steps 1, 2, 3 were skipped; the weights are those after step 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.bogus=1", "unknown key train.bogus"),
+        ("train.lr=fast", "train.lr: expected a number"),
+        ("data.num_frames=1", "data.num_frames: must be >= 2"),
+        ("model.head=unet", "model.head: 'unet' is not allowed"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("model.frame_size=60", "not divisible by the VAE downsampling"),
+        ("model.frame_size=4", "smaller than one patch"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.objective=contrastive", "train.objective"),
+    ],
+)
+def test_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides=[override])
+
+
+def test_cli_reports_config_errors_cleanly(capsys):
+    from foveal.cli import main
+
+    assert main(["train", "train.steps=0"]) == 2
+    assert "train.steps: must be >= 1" in capsys.readouterr().err
+
+
+def test_ranks_read_disjoint_slices_of_the_same_global_batch():
+    for k in range(12):
+        single = micro_batch(k, 20, 4, seed=1)
+        r0, r1 = micro_batch(k, 20, 2, seed=1, rank=0, world=2), micro_batch(k, 20, 2, seed=1, rank=1, world=2)
+        assert not set(r0) & set(r1)
+        assert sorted(r0 + r1) == sorted(single)
+
+
+def test_run_writes_only_inside_its_run_and_cache_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(
+        "tiny", overrides=[*tiny_overrides(**{"train.tensorboard": True}), "out_dir=run", "cache_dir=cache"]
+    )
+    train(cfg, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_equals_one_rank_with_the_doubled_batch(tmp_path, cache_dir):
+    common = ["train", "--quiet", *tiny_overrides(**{"train.steps": 4}), f"cache_dir={cache_dir}"]
+    one = run_cli([*common, "train.batch_size=2", f"out_dir={tmp_path / 'one'}"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "foveal"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [*torchrun, *common, "train.batch_size=1", f"out_dir={tmp_path / 'two'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    for ra, rb in zip(a, b):
+        for key in ("loss", "recon_coarse", "recon_fine"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra["step"])
