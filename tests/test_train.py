@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_overrides
 
+from conftest import tiny_overrides
 from foveal.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
 from foveal.config import ConfigError, load_config
 from foveal.data.dataset import micro_batch

@@ -104,6 +104,48 @@ def cmd_heads(args) -> None:
         print(f"  {name:<20} {n:>12,} parameters")
 
 
+def cmd_caption(args) -> None:
+    import torch
+
+    from .inference import caption_clips, load_clip, load_run
+
+    cfg, model, tokenizer = load_run(args.checkpoint)
+    items = [load_clip(v, cfg) for v in args.video]
+    frames = torch.stack([it["frames"] for it in items])
+    modes = ["coarse", "fine", "autoregressive"] if args.mode == "all" else [args.mode]
+    for mode in modes:
+        captions = caption_clips(
+            model, tokenizer, frames, mode, args.max_new_tokens, args.temperature, args.top_p, args.seed
+        )
+        for video, text in zip(args.video, captions):
+            print(f"[{mode}] {video}: {text}")
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from .config import replace
+    from .inference import evaluate_modes, load_run
+
+    cfg, model, tokenizer = load_run(args.checkpoint)
+    if args.data:
+        cfg = replace(cfg, data={"source": args.data})
+    s = evaluate_modes(cfg, model, tokenizer)
+    print(f"held-out clips: {s['clips']} ({cfg.data.source})")
+    print("| Loss | coarse | coarse->fine | autoregressive | ratio coarse/fine [95% CI] | AR vs fine |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("caption", "recon"):
+        if kind in s:
+            k = s[kind]
+            lo, hi = k["ratio_ci"]
+            print(
+                f"| {kind} | {k['loss_coarse']:.4f} | {k['loss_fine']:.4f} | {k['loss_autoregressive']:.4f} | "
+                f"{k['ratio']:.4f} [{lo:.4f}, {hi:.4f}] | {100 * k['train_inference_gap']:+.2f}% |"
+            )
+    if args.json:
+        print(json.dumps(s))
+
+
 def cmd_config(args) -> None:
     import yaml
 
@@ -130,6 +172,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--h-dim", type=int, default=576)
     p.add_argument("--latent", default="4x32x32", help="CxSxS of the predicted grid")
     p.set_defaults(func=cmd_heads)
+
+    p = sub.add_parser("caption", help="caption clips with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
+    p.add_argument("--video", nargs="+", required=True, help="video files, or synthetic:<i> for held-out clip i")
+    p.add_argument("--mode", choices=["coarse", "fine", "autoregressive", "all"], default="fine")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("eval", help="held-out losses in every inference mode and the train/inference gap")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
+    p.add_argument("--data", default=None, help="data source (default: the run's own held-out clips)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("config", help="print the resolved config as YAML (a starting point for --config)")
     _add_config_args(p)

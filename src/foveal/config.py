@@ -259,6 +259,13 @@ def load_config(
     return cfg
 
 
+def config_from_dict(data: dict) -> RunConfig:
+    """A saved config (run folder's config.yaml, a checkpoint's "config") back into a validated RunConfig."""
+    cfg = _from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
 def replace(cfg: RunConfig, **sections) -> RunConfig:
     """A copy of cfg with some sections' fields changed: replace(cfg, train={'seed': 1}, model={'head': 'mlp'})."""
     return _from_dict(RunConfig, _merge(cfg.to_dict(), sections))

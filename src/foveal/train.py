@@ -168,7 +168,7 @@ def prepare_targets(cfg: RunConfig, datasets, dist, quiet: bool) -> list[torch.T
         return [None for _ in datasets]
     vae = build_vae(cfg.model.vae, cfg.model.frame_size, cfg.train.seed)
     cache = LatentCache(cfg.cache_dir, fingerprint(vae))
-    names = ["train clips", "held-out clips"]
+    names = ["train clips", "held-out clips"] if len(datasets) == 2 else ["clips"] * len(datasets)
     if dist.main:
         out = [latents_for(d, vae, cache, name, quiet) for d, name in zip(datasets, names)]
     dist.barrier()
@@ -200,6 +200,12 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
     recon = t.objective in ("recon", "joint")
     kinds = [k for k, on in (("recon", recon), ("caption", caption)) if on]
 
+    epochs = t.steps * t.grad_accum * t.batch_size * dist.world / max(1, len(train_set))
+    if epochs > 1 and dist.main and not quiet:  # the reference's multi-epoch results were invalid (overfitting)
+        print(
+            f"note: {t.steps} steps cover the {len(train_set)} training clips {epochs:.1f} times; trust the held-out"
+            " numbers, or raise data.train_clips"
+        )
     opt, sched = make_optimizer(model, t, dist.device)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
     history: dict = {"ratio": {k: [] for k in kinds}, "coarse": {k: [] for k in kinds}, "fine": {k: [] for k in kinds}}
