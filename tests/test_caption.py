@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_overrides
 
+from conftest import tiny_overrides
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.data.synthetic import WORDS
