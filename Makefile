@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)  ## the five-head comparison on the embedded default (tiny preset, synthetic clips)
-	$(BIN)/foveal compare --preset tiny --out $(OUT)
+	$(BIN)/foveal compare --preset tiny --out $(OUT) --overwrite
 
 test: $(STAMP)  ## the whole suite (a few minutes on 2 cores)
 	$(BIN)/python -m pytest

@@ -223,3 +223,33 @@ def test_two_rank_ddp_equals_one_rank_with_the_doubled_batch(tmp_path, cache_dir
     for ra, rb in zip(a, b):
         for key in ("loss", "recon_coarse", "recon_fine"):
             assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra["step"])
+
+
+def test_a_fresh_run_never_mixes_with_an_earlier_one(tiny_cfg):
+    cfg = tiny_cfg(**{"train.steps": 2})
+    train(cfg, quiet=True)
+    with pytest.raises(TrainingError, match="--resume to continue it, --overwrite"):
+        train(cfg, quiet=True)
+    again = train(
+        load_config(
+            "tiny",
+            overrides=[
+                *tiny_overrides(**{"train.steps": 3}),
+                f"out_dir={cfg.out_dir}",
+                f"cache_dir={cfg.cache_dir}",
+                "resume=latest",
+            ],
+        ),
+        quiet=True,
+    )
+    assert again["steps"] == 3  # two from the first run, one more
+    fresh = load_config(
+        "tiny",
+        overrides=[
+            *tiny_overrides(**{"train.steps": 2}),
+            f"out_dir={cfg.out_dir}",
+            f"cache_dir={cfg.cache_dir}",
+            "overwrite=true",
+        ],
+    )
+    assert train(fresh, quiet=True)["steps"] == 2

@@ -28,6 +28,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "t
     p.add_argument("--vae", default=None, help="VAE weights: hub id or folder")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (WANDB_MODE=offline works)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (CI)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh where a run already has checkpoints")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.num_frames=16")
 
 
@@ -54,6 +55,8 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
                 o["model"]["llm"]["tokenizer"] = args.llm
     if args.wandb:
         o["train"]["wandb"] = True
+    if getattr(args, "overwrite", False):
+        o["overwrite"] = True
     for key, value in extra.items():
         o[key] = value
     return load_config(args.preset, args.config, [o, *args.overrides])
@@ -194,11 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_config)
 
     args = parser.parse_args(argv)
+    from .train import TrainingError
+
     try:
         args.func(args)
     except ConfigError as e:
         print(f"foveal: config error: {e}", file=sys.stderr)
         return 2
+    except (TrainingError, FileNotFoundError) as e:
+        print(f"foveal: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -142,7 +142,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/latest"
     cache_dir: str = ".cache/foveal"
-    resume: bool = False
+    resume: bool | str = False  # true / "latest": the newest checkpoint in out_dir; or a checkpoint file
+    overwrite: bool = False  # start afresh in an out_dir that already holds a run (its checkpoints are deleted)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -179,13 +180,44 @@ def prepare_targets(cfg: RunConfig, datasets, dist, quiet: bool) -> list[torch.T
     return out
 
 
+def resume_path(resume: bool | str, ckpt_dir: Path) -> Path | None:
+    if resume in (False, None, "", "false", "no"):
+        return None
+    if resume in (True, "latest", "true", "yes"):
+        return latest(ckpt_dir)  # nothing yet: a fresh start, so `--resume` is safe to put in every launch script
+    if not Path(resume).exists():
+        raise TrainingError(f"resume: checkpoint {resume} does not exist")
+    return Path(resume)
+
+
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "heldout_losses.pt")
+
+
+def claim_run_folder(out: Path, fresh: bool, overwrite: bool) -> None:
+    """A fresh run never mixes with (or silently destroys) an earlier run's checkpoints."""
+    if fresh and latest(out / "checkpoints") is not None:
+        if not overwrite:
+            raise TrainingError(
+                f"{out} already holds a run with checkpoints: add --resume to continue it, --overwrite to start "
+                f"afresh (its checkpoints are deleted), or choose another --out"
+            )
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def train(cfg: RunConfig, quiet: bool = False) -> dict:
     dist = distributed.setup()
     t = cfg.train
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
+    resume_from = resume_path(cfg.resume, ckpt_dir)
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+        claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
         cfg.save(out / "config.yaml")
     torch.manual_seed(t.seed)
     if t.deterministic:
@@ -210,7 +242,6 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
     history: dict = {"ratio": {k: [] for k in kinds}, "coarse": {k: [] for k in kinds}, "fine": {k: [] for k in kinds}}
     start, nonfinite_total, elapsed0 = 0, 0, 0.0
-    resume_from = latest(ckpt_dir) if cfg.resume else None
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from)
         load_model_state(model, ckpt)
