@@ -130,3 +130,16 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
     seen = {int(sample(logits, 1.0, 0.7, g)) for _ in range(300)}
     assert seen == {0, 1}  # 0.5 < 0.7 so token 1 is needed; 0.8 >= 0.7 so token 2 is not
     assert int(sample(logits, 0.0, 1.0, g)) == 0
+
+
+def test_deep_query_flag_is_honoured(tmp_path):
+    """The reference once ignored deep_query=false (its BUG-010)."""
+    from foveal.config import load_config
+
+    for deep in (True, False):
+        cfg = load_config("tiny", overrides=[f"model.deep_query={str(deep).lower()}", f"cache_dir={tmp_path}"])
+        model, _ = build_model(cfg)
+        assert model.encoder.deep is deep
+        cache = model.encoder.encode(torch.randn(1, 3, 64, 64))
+        _, att = model.encoder.attend(torch.randn(1, cfg.model.query_dim), cache, return_attention=True)
+        assert att.weights.shape[2] == (cfg.model.dino.num_layers if deep else 1)

@@ -58,7 +58,7 @@ def _fmt(x: float, digits: int = 4) -> str:
 
 def _ci(stats: dict, key: str = "ratio_ci") -> str:
     lo, hi = stats.get(key, [float("nan")] * 2)
-    return "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+    return "" if math.isnan(lo) else f" [{lo:.4f}, {hi:.4f}]"
 
 
 def table(rows: list[dict]) -> str:
@@ -131,15 +131,25 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
         [max(0.0, r.get("heldout", {}).get(kind, {}).get("ratio_ci", [h, h])[1] - h) for h, r in zip(held, rows)],
     ]
     err = [[0.0 if math.isnan(v) else v for v in side] for side in err]
-    ax_bar.bar([i - 0.2 for i in x], train_r, width=0.4, label="final (train, last 100 steps)")
-    ax_bar.bar([i + 0.2 for i in x], held, width=0.4, yerr=err, capsize=3, label="held-out (95% CI)")
+    # bars grow from ratio = 1, so the sign of each effect is what the eye sees
+    ax_bar.bar(
+        [i - 0.2 for i in x], [v - 1 for v in train_r], bottom=1.0, width=0.4, label="final (train, last 100 steps)"
+    )
+    ax_bar.bar(
+        [i + 0.2 for i in x],
+        [v - 1 for v in held],
+        bottom=1.0,
+        width=0.4,
+        yerr=err,
+        capsize=3,
+        label="held-out (95% CI)",
+    )
     ax_bar.axhline(1.0, color="k", lw=1, ls="--")
     ax_bar.set_xticks(list(x), heads, rotation=20)
     ax_bar.set_ylabel("ratio = loss_coarse / loss_fine")
-    lo = min(v for v in train_r + held if not math.isnan(v))
-    hi = max(v for v in train_r + held if not math.isnan(v))
-    pad = max(0.01, (hi - lo) * 0.3)
-    ax_bar.set_ylim(min(lo, 1.0) - pad, max(hi, 1.0) + pad)
+    values = [v for v in train_r + held if not math.isnan(v)]
+    span = max([abs(v - 1) for v in values] + [0.002]) * 1.4
+    ax_bar.set_ylim(1 - span, 1 + span)
     ax_bar.legend(fontsize=8)
     ax_bar.set_title("ratio per head (> 1: fine beats coarse)")
     for r in rows:
