@@ -129,9 +129,11 @@ def cmd_precompute(args) -> None:
     stats = precompute(cfg, quiet=args.quiet)
     tr, ho = stats["train"], stats["heldout"]
     encoded, cached = tr["encoded"] + ho["encoded"], tr["from_cache"] + ho["from_cache"]
+    seconds = tr["seconds"] + ho["seconds"]
+    rate = f" in {seconds:.1f} s ({encoded / seconds:.2f} clips/s)" if encoded else ""
     print(
         f"latent cache {stats['cache']}: {tr['clips']} train + {ho['clips']} held-out clips, latents "
-        f"{'x'.join(map(str, tr['latent_shape']))} per clip; {encoded} encoded now, {cached} were cached"
+        f"{'x'.join(map(str, tr['latent_shape']))} per clip; {encoded} encoded now{rate}, {cached} were cached"
     )
 
 

@@ -34,7 +34,7 @@ def precompute(cfg: RunConfig, quiet: bool = False) -> dict:
             "clips": len(dataset),
             "encoded": missing,
             "from_cache": len(dataset) - missing,
-            "seconds": round(seconds, 1),
+            "seconds": round(seconds, 2),
             "clips_per_s": round(missing / seconds, 2) if missing else None,
             "latent_shape": list(latents.shape[1:]),  # [T, C, h, w]
         }

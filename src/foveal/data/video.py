@@ -45,10 +45,15 @@ def _main_process() -> bool:
 class Skips(dict):
     """reason -> names of the clips skipped for it. `add` warns (once per clip) naming the clip and the reason."""
 
+    def __init__(self):
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
     def add(self, reason: str, name: str, detail: str = "") -> None:
-        names = self.setdefault(reason, [])
-        if name in names:
+        if (reason, name) in self._seen:
             return
+        self._seen.add((reason, name))
+        names = self.setdefault(reason, [])
         names.append(name)
         if _main_process() and len(names) <= SHOWN_PER_REASON:
             print(f"warning: skipped {name}: {reason}" + (f" ({detail})" if detail else ""), file=sys.stderr)
@@ -120,7 +125,7 @@ def _list_folder(root: Path) -> list[Clip]:
 
 def _manifest_rows(path: Path):
     """('manifest:line', row dict or None when the line is not a JSON object)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no column
         if path.suffix.lower() == ".csv":
             reader = csv.DictReader(f)
             for row in reader:
