@@ -33,8 +33,6 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_cfg(tmp_path, cache_dir):
     def make(**kw):
-        return load_config(
-            "tiny", overrides=[*tiny_overrides(**kw), f"out_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}"]
-        )
+        return load_config("tiny", overrides=[*tiny_overrides(**kw), f"out_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}"])
 
     return make

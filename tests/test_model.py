@@ -97,9 +97,8 @@ def test_padding_does_not_change_the_loss(setup):
     model, tok, batch = setup
     row = int(batch.caption_mask.sum(1).argmin())
     n = int(batch.caption_mask[row].sum())
-    single = Batch(
-        batch.frames[row : row + 1], None, batch.caption_ids[row : row + 1, :n], batch.caption_mask[row : row + 1, :n]
-    )
+    single = Batch(batch.frames[row : row + 1], None, batch.caption_ids[row : row + 1, :n],
+                   batch.caption_mask[row : row + 1, :n])
     a = model(single, recon=False, caption=True).coarse.caption_sum
     b = model(batch, recon=False, caption=True).coarse.caption_sum[row]
     torch.testing.assert_close(a[0], b, atol=1e-4, rtol=1e-5)
