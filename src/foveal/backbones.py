@@ -12,7 +12,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -39,24 +41,44 @@ def seeded(seed: int, name: str):
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a TCP connection within timeout (DNS included: it runs in a thread, so a
+    resolver that hangs cannot hold the caller)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (80 if url.scheme == "http" else 443)
+    result: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1  # a hub id has at most one "/"
 
 
 def from_pretrained(cls, source: str, what: str, **kwargs):
-    """cls.from_pretrained(source) that fails fast and clearly offline instead of retrying for half a minute."""
-    if Path(source).exists():
-        return cls.from_pretrained(source, **kwargs)
-    try:  # a hub id already in the local cache needs no network
+    """cls.from_pretrained(source): a local folder (written by save_pretrained) and a hub id take the same call.
+    Offline it fails fast and names the alternatives instead of retrying for half a minute."""
+    source = str(Path(source).expanduser()) if source.startswith("~") else source
+    try:  # a folder, or a hub id already in the local cache: no network
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        pass
+    except OSError as e:
+        if Path(source).expanduser().is_dir():
+            raise ConfigError(f"{what}: the folder {source} holds no loadable model ({e})") from e
+        if _looks_like_path(source):
+            raise ConfigError(
+                f"{what}: {source} does not exist (give a folder written by save_pretrained, or a hub id)"
+            ) from None
     if not _hub_reachable():
         raise ConfigError(
             f"{what}: {source!r} is neither a local folder nor in the Hugging Face cache, and the hub cannot be "
@@ -108,31 +130,44 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gguf_folder(gguf: Path, cache_dir: str | Path) -> Path:
+    """Where gguf_to_folder keeps the conversion: keyed by the GGUF file's path, size and mtime."""
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return Path(cache_dir) / "models" / f"{gguf.stem}-{key}"
+
+
 def gguf_to_folder(gguf: Path, cache_dir: str | Path) -> Path:
     """Dequantise a GGUF file once into a safetensors model folder (+ tokenizer); later loads take <1 s.
 
-    save_pretrained refuses a GGUF-loaded model, so the state dict is written with safetensors beside a config
-    stripped of its quantization_config. The folder is keyed by the GGUF file's name, size and mtime.
+    save_pretrained refuses a GGUF-loaded model, so the state dict goes through safetensors (which stores tied
+    tensors once; tie_word_embeddings re-ties them on load) beside a config without its quantization_config.
     """
     from safetensors.torch import save_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = Path(cache_dir) / "models" / f"{gguf.stem}-{key}"
+    folder = gguf_folder(gguf, cache_dir)
     if (folder / "model.safetensors").exists():
         return folder
-    tmp = folder.with_name(folder.name + ".tmp")
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")  # per process: concurrent ranks never share one
     tmp.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k != "quantization_config"})
+    drop = ("quantization_config", "_model_name_or_path", "architectures")
+    config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items() if k not in drop})
+    config.architectures = [type(model).__name__]
     config.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"))
     tok.save_pretrained(tmp)
     (tmp / "foveal_source.json").write_text(json.dumps({"gguf": str(gguf), "convert_s": round(time.time() - t0, 1)}))
-    os.replace(tmp, folder)  # atomic: a half-written folder is never taken for a converted model
+    try:
+        os.replace(tmp, folder)  # atomic: a half-written folder is never taken for a converted model
+    except OSError:  # another process finished first (or a stale empty folder is in the way)
+        if not (folder / "model.safetensors").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+    shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

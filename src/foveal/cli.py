@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, load_config
+from .data.export import CODECS, FRAME_FORMATS
 from .heads import HEADS
 
 
@@ -149,6 +150,38 @@ def cmd_eval(args) -> None:
         print(json.dumps(s))
 
 
+def cmd_info(args) -> None:
+    from .info import describe
+
+    print(describe(config_from_args(args)))
+
+
+def cmd_data_synth(args) -> None:
+    import time
+
+    from .data.export import write_synthetic
+
+    t0 = time.time()
+    manifest = write_synthetic(args.out, args.videos, args.frames, args.size, args.codec, args.fps, args.seed)
+    print(f"wrote {args.videos} synthetic clips ({args.codec}) and {manifest} in {time.time() - t0:.1f} s")
+    print(f"use them with: foveal train --data {manifest}")
+
+
+def cmd_precompute(args) -> None:
+    from .precompute import precompute
+
+    cfg = config_from_args(args)
+    stats = precompute(cfg, quiet=args.quiet)
+    tr, ho = stats["train"], stats["heldout"]
+    encoded, cached = tr["encoded"] + ho["encoded"], tr["from_cache"] + ho["from_cache"]
+    seconds = tr["seconds"] + ho["seconds"]
+    rate = f" in {seconds:.1f} s ({encoded / seconds:.2f} clips/s)" if encoded else ""
+    print(
+        f"latent cache {stats['cache']}: {tr['clips']} train + {ho['clips']} held-out clips, latents "
+        f"{'x'.join(map(str, tr['latent_shape']))} per clip; {encoded} encoded now{rate}, {cached} were cached"
+    )
+
+
 def cmd_config(args) -> None:
     import yaml
 
@@ -191,6 +224,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="data source (default: the run's own held-out clips)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="what a config builds: sources, parameter counts, dims, latent and patch grid")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("precompute", help="VAE-encode every clip once into the latent cache (training reads it)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_precompute)
+
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("synth", help="write synthetic clips as video files (or frame folders) + manifest.csv")
+    p.add_argument("--out", required=True, help="output folder (videos/ or frames/, manifest.csv)")
+    p.add_argument("--videos", type=int, default=64, help="number of clips")
+    p.add_argument("--frames", type=int, default=8, help="frames per clip")
+    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    p.add_argument("--fps", type=float, default=8.0)
+    p.add_argument("--seed", type=int, default=0, help="data.seed: which synthetic clips")
+    p.add_argument(
+        "--codec",
+        default="h264",
+        choices=[*CODECS, *FRAME_FORMATS],
+        help="h264: near-lossless .mp4 (default); h264-420: playable anywhere, lossy; ffv1: lossless .mkv; "
+        "vp9: .webm; mpeg4: .avi; png / jpg: frame folders",
+    )
+    p.set_defaults(func=cmd_data_synth)
 
     p = sub.add_parser("config", help="print the resolved config as YAML (a starting point for --config)")
     _add_config_args(p)

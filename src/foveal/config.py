@@ -95,7 +95,8 @@ class DataConfig:
     num_frames: int = 8
     train_clips: int = 256  # synthetic: clips generated for training; files: cap on clips used (0 = all)
     heldout_clips: int = 64  # clips never trained on, for held-out numbers
-    window: str = "clip"  # frames spaced evenly over: "clip" | "first:<seconds>" | "fps:<rate>"
+    window: str = "clip"  # "clip" | "first:<seconds>": T frames evenly over it; "fps:<rate>": T frames 1/rate s apart
+    frame_rate: float = 8.0  # frame folders: their extraction rate (fVLM frame folders: 8 fps, per patch_prediction)
     resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
     frame_gap: int = 1  # dino target: frames between the predicted and the previous frame
     synthetic: SynthSpec = field(default_factory=SynthSpec)
@@ -310,8 +311,15 @@ def validate(cfg: RunConfig) -> None:
     _positive("data.train_clips", d.train_clips, 0)
     _positive("data.heldout_clips", d.heldout_clips, 0)
     _one_of("data.resize", d.resize, ["crop", "squash"])
-    if not (d.window == "clip" or d.window.startswith(("first:", "fps:"))):
-        raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>'")
+    kind, _, value = d.window.partition(":")
+    try:
+        ok = d.window == "clip" or (kind in ("first", "fps") and float(value) > 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>' (numbers > 0)")
+    if d.frame_rate <= 0:
+        raise ConfigError(f"data.frame_rate: must be > 0, got {d.frame_rate}")
     _positive("data.frame_gap", d.frame_gap, 0)
     lo, hi = (d.synthetic.size_range + [0, 0])[:2]
     if not (0 < lo <= hi <= 1):

@@ -31,6 +31,7 @@ from .checkpoint import (
 )
 from .config import RunConfig, TrainConfig
 from .data.dataset import Collator, LatentCache, build_datasets, latents_for, micro_batch
+from .data.loader import micro_batches
 from .evaluate import evaluate, make_batch, summarize
 from .model import FoveatedVLM, Output, PassOutput
 
@@ -294,6 +295,8 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         leave=False,
     )
     consecutive_bad, done = 0, start
+    order = lambda k: micro_batch(k, len(train_set), t.batch_size, t.seed, dist.rank, dist.world)  # noqa: E731
+    batches = micro_batches(train_set, collate, order, range(start * t.grad_accum, t.steps * t.grad_accum), cfg.data)
     model.train()
     for step in range(start, t.steps):
         if t.minutes is not None and dist.any(elapsed0 + time.time() - t0 > t.minutes * 60):
@@ -302,8 +305,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         sums = {f"{k}_{p}": 0.0 for k in kinds for p in ("coarse", "fine")}
         loss_sum, bad = 0.0, False
         for micro in range(t.grad_accum):
-            idx = micro_batch(step * t.grad_accum + micro, len(train_set), t.batch_size, t.seed, dist.rank, dist.world)
-            raw = collate([train_set[i] for i in idx])
+            idx, raw = next(batches)
             batch = make_batch(raw, None if train_targets is None else train_targets[idx], dist.device, caption)
             sync = micro == t.grad_accum - 1 or dist.world == 1
             with contextlib.nullcontext() if sync else net.no_sync(), autocast:
@@ -375,6 +377,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         if done % t.ckpt_every == 0 and done < t.steps:
             checkpoint(done, loss_mean)
     bar.close()
+    batches.close()  # stops any loader workers now
     fine_hist = history["fine"][kinds[0]]
     checkpoint(done, fine_hist[-1] if fine_hist else None)
 
@@ -393,6 +396,9 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         results = summarize_run(
             cfg, model, history, summarize(ev_arrays, seed=t.seed), kinds, nonfinite_total, elapsed0 + time.time() - t0
         )
+        skipped = {**getattr(heldout_set, "skipped", {}), **getattr(train_set, "skipped", {})}
+        results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
+        results["data_skipped_files"] = skipped
         (out / "results.json").write_text(json.dumps(results, indent=1))
         torch.save({k: torch.from_numpy(v) for k, v in ev_arrays.items()}, out / "heldout_losses.pt")
     logger.close()

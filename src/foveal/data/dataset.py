@@ -33,10 +33,13 @@ class SyntheticClips(Dataset):
         self.frame_size = frame_size
         spec = json.dumps(asdict(data.synthetic), sort_keys=True)
         self._key = f"synthetic|{spec}|{self.size}|{frame_size}|{data.num_frames}|{data.seed}"
-        self.skipped: dict[str, int] = {}
+        self.skipped: dict[str, list[str]] = {}  # reason -> clip names (file datasets skip bad files)
 
     def __len__(self) -> int:
         return self.count
+
+    def keys(self) -> list[str]:  # the latent cache's keys without rendering a clip
+        return [f"{self._key}|{self.offset + i}" for i in range(self.count)]
 
     def clip(self, i: int) -> SynthClip:
         return render_clip(self.data.synthetic, self.size, self.data.num_frames, self.data.seed, self.offset + i)
@@ -208,4 +211,6 @@ def latents_for(dataset: Dataset, vae, cache: LatentCache, desc: str = "latents"
         if not quiet:
             rate = len(todo) / max(time.time() - t0, 1e-9)
             print(f"{desc}: encoded {len(todo)} clips ({rate:.1f} clips/s), {len(keys) - len(todo)} from the cache")
+        if hasattr(dataset, "keys"):  # a clip that failed to decode is now served by another: look up what is served
+            keys = dataset.keys()
     return cache.get(keys)

@@ -1,0 +1,444 @@
+"""Clips from files: frame folders and video files (decoded with PyAV), listed by a folder or a manifest.
+
+data.source is either
+  a folder    <root>/<video_id>/frame_*.jpg|png (the reference's local layout; an optional caption.txt per folder),
+              and video files directly in <root>
+  a manifest  .csv or .jsonl, one clip per row: `path` (a video file or a frame folder, relative to the manifest)
+              or WebVid's `videoid` (found as <root>[/<page_dir>]/<videoid>.<ext> or .../<videoid>/); the caption
+              in `caption` or WebVid's `name` (optional: reconstruction needs none); other columns are ignored.
+
+Every clip is probed when the dataset is built (it opens, has T frames in the window, its first and last sampled
+frames decode). A clip that fails is skipped with a warning naming it and the reason, and counted in
+`dataset.skipped` (reason -> names). A clip that still fails to decode later is served by the next good clip
+(deterministically) and counted too, so a bad file never stops a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import ConfigError, DataConfig
+from .dataset import resize_frames
+
+VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+MANIFEST_EXTS = (".csv", ".jsonl")
+SEEK_GAP_S = 2.0  # decode forward across gaps up to this long; seek to the keyframe before a target beyond it
+SHOWN_PER_REASON = 20  # warnings printed per skip reason; the rest are only counted
+
+
+def _main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # under torchrun every rank builds the data; one of them talks
+
+
+class Skips(dict):
+    """reason -> names of the clips skipped for it. `add` warns (once per clip) naming the clip and the reason."""
+
+    def __init__(self):
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
+    def add(self, reason: str, name: str, detail: str = "") -> None:
+        if (reason, name) in self._seen:
+            return
+        self._seen.add((reason, name))
+        names = self.setdefault(reason, [])
+        names.append(name)
+        if _main_process() and len(names) <= SHOWN_PER_REASON:
+            print(f"warning: skipped {name}: {reason}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+        elif _main_process() and len(names) == SHOWN_PER_REASON + 1:
+            print(f"warning: further clips skipped for '{reason}' are only counted", file=sys.stderr)
+
+    def counts(self) -> dict[str, int]:
+        return {reason: len(names) for reason, names in self.items()}
+
+    def summary(self) -> str:
+        return ", ".join(f"{n} {reason}" for reason, n in self.counts().items()) or "none"
+
+
+class BadClip(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Clip:
+    name: str  # the video id: named in warnings, hashed for the held-out split
+    path: Path  # a video file or a frame folder
+    caption: str = ""
+    kind: str = ""  # after probing: "video" | "frames"
+    frames: list = field(default_factory=list)  # after probing: pts to decode (video) or image files (frames)
+    key: str = ""  # clip identity + the exact sampled frames + resize + size (the latent cache's key)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# listing
+
+
+def list_clips(source: str, skipped: Skips) -> list[Clip]:
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise ConfigError(
+            f"data.source: {source} does not exist; use 'synthetic', a manifest (.csv/.jsonl) or a folder of "
+            f"<video_id>/frame_*.jpg folders (`foveal data synth --out DIR` writes an example)"
+        )
+    if src.is_dir():
+        clips = _list_folder(src)
+    elif src.suffix.lower() in MANIFEST_EXTS:
+        clips = _list_manifest(src, skipped)
+    else:
+        raise ConfigError(f"data.source: {source} is neither a folder nor a manifest ({', '.join(MANIFEST_EXTS)})")
+    unique, seen = [], set()
+    for clip in clips:  # one id, one clip: the held-out split stays disjoint from training
+        if clip.name in seen:
+            skipped.add("duplicate clip id", clip.name, str(clip.path))
+            continue
+        seen.add(clip.name)
+        unique.append(clip)
+    return unique
+
+
+def _list_folder(root: Path) -> list[Clip]:
+    clips = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            caption = p / "caption.txt"
+            clips.append(Clip(p.name, p, caption.read_text().strip() if caption.exists() else ""))
+        elif p.suffix.lower() in VIDEO_EXTS:
+            clips.append(Clip(p.stem, p))
+    return clips
+
+
+def _manifest_rows(path: Path):
+    """('manifest:line', row dict or None when the line is not a JSON object)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no column
+        if path.suffix.lower() == ".csv":
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield f"{path.name}:{reader.line_num}", row
+            return
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            yield f"{path.name}:{line_no}", row if isinstance(row, dict) else None
+
+
+def _list_manifest(manifest: Path, skipped: Skips) -> list[Clip]:
+    root = manifest.parent
+    clips = []
+    for where, raw in _manifest_rows(manifest):
+        if raw is None:
+            skipped.add("unreadable manifest row", where, "not a JSON object")
+            continue
+        row = {str(k).strip().lower(): "" if v is None else str(v).strip() for k, v in raw.items() if k is not None}
+        videoid, rel = row.get("videoid", ""), row.get("path", "")
+        if rel:
+            path = root / Path(rel).expanduser()  # an absolute path stays absolute
+        elif videoid:
+            path = _find_video(root, videoid, row.get("page_dir", ""))
+        else:
+            skipped.add("manifest row without a path", where, "needs a 'path' or 'videoid' column value")
+            continue
+        clips.append(Clip(videoid or rel, path, row.get("caption") or row.get("name", "")))
+    return clips
+
+
+def _find_video(root: Path, videoid: str, page_dir: str) -> Path:
+    for base in ([root / page_dir] if page_dir else []) + [root]:
+        for candidate in [base / videoid, *(base / f"{videoid}{ext}" for ext in VIDEO_EXTS)]:
+            if candidate.exists():
+                return candidate
+    return root / f"{videoid}.mp4"  # missing: reported as such by the probe
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sampling and decoding
+
+
+def select_frames(times: np.ndarray, num_frames: int, window: str) -> list[int]:
+    """Indices of the T frames to use, given every frame's time in seconds from the clip's start (ascending).
+    'clip': evenly spaced (linspace) over the whole clip; 'first:<s>': over the frames in the first s seconds;
+    'fps:<r>': the frames nearest to 0, 1/r, 2/r, ... s."""
+    n = len(times)
+    if window.startswith("fps:"):
+        rate = float(window[4:])
+        want = np.arange(num_frames) / rate
+        if n == 0 or want[-1] > times[-1] + 0.5 / rate:
+            have = times[-1] if n else 0.0
+            raise BadClip(
+                "too few frames", f"{num_frames} frames at {rate:g} fps span {want[-1]:.2f} s; clip {have:.2f} s"
+            )
+        idx = np.abs(times[None, :] - want[:, None]).argmin(1)
+        if len(set(idx.tolist())) < num_frames:
+            raise BadClip("too few frames", f"fewer than {num_frames} distinct frames at {rate:g} fps")
+        return idx.tolist()
+    if window.startswith("first:"):
+        n = int((times <= float(window[6:]) + 1e-6).sum())
+    if n < num_frames:
+        raise BadClip("too few frames", f"{n} frames in window '{window}', {num_frames} needed")
+    return np.linspace(0, n - 1, num_frames).round().astype(int).tolist()
+
+
+def video_timestamps(path: Path) -> tuple[np.ndarray, float]:
+    """(every frame's pts in presentation order, seconds per pts unit), from the packets alone (no decoding).
+    A file that holds fewer frames, or ends earlier, than its own header declares is truncated."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise BadClip("unreadable video", "no video stream")
+        stream = container.streams.video[0]
+        pts = [p.pts for p in container.demux(stream) if p.size]  # size 0: the demuxer's final flush packet
+        time_base, declared_frames = float(stream.time_base), stream.frames  # frames: 0 when the header has none
+        declared_s = stream.duration * time_base if stream.duration else _tag_seconds(stream.metadata.get("DURATION"))
+    if not pts or any(p is None for p in pts):
+        raise BadClip("unreadable video", "no frames" if not pts else "packets without timestamps")
+    pts = np.sort(np.array(pts, dtype=np.int64))
+    if declared_frames and len(pts) < declared_frames:
+        raise BadClip("truncated video", f"{len(pts)} of the {declared_frames} frames its header declares")
+    step = float(np.median(np.diff(pts))) * time_base if len(pts) > 1 else 0.0
+    end = (pts[-1] - pts[0]) * time_base + step
+    if declared_s and end < declared_s - 1.5 * step:
+        raise BadClip("truncated video", f"frames end at {end:.2f} s of the {declared_s:.2f} s its header declares")
+    return pts, time_base
+
+
+def _tag_seconds(tag: str | None) -> float:
+    """Matroska's per-track DURATION tag, 'HH:MM:SS.nnnnnnnnn' -> seconds (0 when absent or unparsable)."""
+    try:
+        h, m, sec = (tag or "").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+    except ValueError:
+        return 0.0
+
+
+def read_video(path: Path, pts: list[int]) -> list[np.ndarray]:
+    """The frames with these pts (ascending), as uint8 [H, W, 3]. Decodes forward across short gaps and seeks to
+    the keyframe before a target beyond SEEK_GAP_S, so T frames of a long video cost T short decodes."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        gap = SEEK_GAP_S / float(stream.time_base)
+        position = stream.start_time or 0  # pts the decoder reaches next without a seek
+        decoded, frame = container.decode(stream), None
+        for target in pts:
+            if target - position > gap:
+                container.seek(int(target), stream=stream)  # backward: lands on the keyframe at or before target
+                decoded = container.decode(stream)
+            while frame is None or frame.pts < target:
+                frame = next(decoded, None)
+                if frame is None:
+                    raise EOFError(f"the video ends before pts {target}")
+                position = frame.pts
+            out.append(frame.to_ndarray(format="rgb24"))
+    return out
+
+
+def read_images(files: list[Path]) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            out.append(np.array(im.convert("RGB")))
+    return out
+
+
+def to_model_frames(arrays: list[np.ndarray], size: int, mode: str) -> torch.Tensor:
+    """uint8 [H, W, 3] frames -> uint8 [T, 3, size, size] (resize_frames 'crop' or 'squash'; none if already sized)."""
+    frames = [torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1) for a in arrays]
+    if all(f.shape[-2:] == (size, size) for f in frames):
+        return torch.stack(frames)
+    if len({f.shape for f in frames}) == 1:
+        return resize_frames(torch.stack(frames), size, mode)
+    return torch.cat([resize_frames(f[None], size, mode) for f in frames])  # frames of different sizes: rare
+
+
+def probe(clip: Clip, d: DataConfig, frame_size: int) -> Clip:
+    """Choose the clip's T frames and check they can be read; raises BadClip naming the reason."""
+    path = clip.path
+    if not path.exists():
+        raise BadClip("missing file", str(path))
+    if path.is_dir():
+        files = sorted(
+            (f for f in path.iterdir() if f.name.startswith("frame_") and f.suffix.lower() in IMAGE_EXTS),
+            key=lambda f: (int(re.sub(r"\D", "", f.stem) or 0), f.name),  # frame_2 before frame_10
+        )
+        chosen = [files[i] for i in select_frames(np.arange(len(files)) / d.frame_rate, d.num_frames, d.window)]
+        for f in chosen:
+            if f.stat().st_size == 0:
+                raise BadClip("unreadable image", f"{f.name}: zero-byte file")
+            try:
+                read_images([f])
+            except Exception as e:
+                raise BadClip("unreadable image", f"{f.name}: {type(e).__name__}: {e}") from e
+        identity = ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in chosen)
+        kind, frames = "frames", chosen
+    else:
+        ext = path.suffix.lower()
+        if ext not in VIDEO_EXTS:
+            raise BadClip("unknown extension", f"{ext or 'no extension'}; videos: {', '.join(VIDEO_EXTS)}")
+        stat = path.stat()
+        if stat.st_size == 0:
+            raise BadClip("zero-byte file")
+        try:
+            pts, time_base = video_timestamps(path)
+            frames = [int(pts[i]) for i in select_frames((pts - pts[0]) * time_base, d.num_frames, d.window)]
+            read_video(path, [frames[0], frames[-1]])
+        except BadClip:
+            raise
+        except Exception as e:
+            raise BadClip("unreadable video", f"{type(e).__name__}: {e}") from e
+        identity = f"{stat.st_size}:{stat.st_mtime_ns}:pts={','.join(map(str, frames))}"
+        kind = "video"
+    rate = f"|rate={d.frame_rate:g}" if kind == "frames" else ""
+    key = f"{kind}|{path.resolve()}|{identity}|T={d.num_frames}|window={d.window}{rate}|{d.resize}|{frame_size}"
+    return Clip(clip.name, path, clip.caption, kind, frames, key)
+
+
+def load_frames(clip: Clip, size: int, mode: str) -> torch.Tensor:
+    arrays = read_video(clip.path, clip.frames) if clip.kind == "video" else read_images(clip.frames)
+    return to_model_frames(arrays, size, mode)
+
+
+def read_clip(path: str | Path, d: DataConfig, frame_size: int) -> dict:
+    """One video file or frame folder -> a dataset item (what `foveal caption` / `foveal viz` read); a bad file
+    raises a clear error instead of being skipped."""
+    path = Path(path)
+    try:
+        clip = probe(Clip(path.stem, path), d, frame_size)
+    except BadClip as e:
+        raise FileNotFoundError(f"{path}: {e}") from e
+    return {"frames": load_frames(clip, frame_size, d.resize), "caption": "", "key": clip.key, "index": 0}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# datasets
+
+
+class VideoClips(Dataset):
+    """Probed clips -> {"frames": uint8 [T, 3, S, S], "caption", "key", "index"} (SyntheticClips' items)."""
+
+    def __init__(self, clips: list[Clip], frame_size: int, resize: str, skipped: Skips):
+        self.clips, self.frame_size, self.resize, self.skipped = clips, frame_size, resize, skipped
+        self.bad: set[int] = set()  # clips that failed to decode after probing; the next good clip stands in
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _serve(self, i: int) -> int:
+        n = len(self.clips)
+        for j in ((i + d) % n for d in range(n)):
+            if j not in self.bad:
+                return j
+        raise RuntimeError("data: no clip of this dataset decodes any more; see the warnings above")
+
+    def key(self, i: int) -> str:
+        return self.clips[self._serve(i)].key
+
+    def keys(self) -> list[str]:
+        return [self.key(i) for i in range(len(self))]
+
+    def __getitem__(self, i: int) -> dict:
+        while True:
+            j = self._serve(i)
+            clip = self.clips[j]
+            try:
+                frames = load_frames(clip, self.frame_size, self.resize)
+            except Exception as e:  # decoding failed after the probe: never stop the run for one file
+                self.bad.add(j)
+                self.skipped.add("decode failed", clip.name, f"{type(e).__name__}: {e}; the next clip stands in")
+                continue
+            return {"frames": frames, "caption": clip.caption, "key": clip.key, "index": i}
+
+
+def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips) -> list[Clip]:
+    """Probe every clip (a few threads: PyAV and PIL release the GIL); the usable ones, in listing order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    def one(clip: Clip) -> Clip | BadClip:
+        try:
+            return probe(clip, d, frame_size)
+        except BadClip as e:
+            return e
+        except Exception as e:  # anything else unreadable (permissions, ...): skipped, named, counted
+            return BadClip("unreadable file", f"{type(e).__name__}: {e}")
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        bar = tqdm(
+            pool.map(one, listed), total=len(listed), desc="probing clips", unit="clip", leave=False, disable=None
+        )
+        results = list(bar)
+    usable = []
+    for clip, result in zip(listed, results):
+        if isinstance(result, BadClip):
+            skipped.add(result.reason, clip.name, result.detail)
+        else:
+            usable.append(result)
+    return usable
+
+
+def heldout_split(clips: list[Clip], count: int) -> tuple[list[Clip], list[Clip]]:
+    """(train, held-out): the `count` clips whose id hashes lowest are held out, so the split depends only on the ids
+    (not on listing order), and adding clips moves few of them. Both keep listing order."""
+    rank = sorted(range(len(clips)), key=lambda i: hashlib.sha256(clips[i].name.encode()).hexdigest())
+    held = set(rank[:count])
+    return [c for i, c in enumerate(clips) if i not in held], [c for i, c in enumerate(clips) if i in held]
+
+
+_BUILT: dict = {}  # compare builds the datasets once per head: probe once per process
+
+
+def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClips]:
+    """(train, held-out) clip datasets from a folder or manifest; disjoint, deterministic, bad clips skipped."""
+    src = Path(d.source).expanduser()
+    memo = (str(src.resolve()), src.stat().st_mtime_ns if src.exists() else 0, json.dumps(asdict(d)), frame_size)
+    if memo in _BUILT:
+        return _BUILT[memo]
+    skipped = Skips()
+    listed = list_clips(d.source, skipped)
+    clips = probe_all(listed, d, frame_size, skipped)
+    if not clips:
+        raise ConfigError(
+            f"data.source: no usable clip in {d.source} ({len(listed)} listed; skipped: {skipped.summary()}); "
+            f"see the warnings above"
+        )
+    if d.heldout_clips >= len(clips):
+        raise ConfigError(
+            f"data.heldout_clips: {d.heldout_clips} held-out clips leave none of the {len(clips)} usable clips of "
+            f"{d.source} for training; lower it"
+        )
+    train, heldout = heldout_split(clips, d.heldout_clips)
+    if d.train_clips:
+        train = train[: d.train_clips]
+    if _main_process():
+        skips = sum(skipped.counts().values())
+        print(
+            f"data: {d.source}: {len(clips)} usable clips ({len(train)} train, {len(heldout)} held-out); "
+            f"skipped {skips}" + (f": {skipped.summary()}" if skips else "")
+        )
+    out = VideoClips(train, frame_size, d.resize, skipped), VideoClips(heldout, frame_size, d.resize, skipped)
+    _BUILT[memo] = out
+    return out
