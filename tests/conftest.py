@@ -20,6 +20,7 @@ def tiny_overrides(**kw) -> list[str]:
         "train.warmup_steps": 1,
         "train.ckpt_every": 2,
         "train.tensorboard": False,
+        "train.report_clips": 0,  # no viz gallery in report.html (test_report.py draws one)
     }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]

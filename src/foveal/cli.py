@@ -77,7 +77,7 @@ def cmd_compare(args) -> None:
     rows = compare(cfg, heads, args.out, quiet=args.quiet)
     if rows:
         print(Path(args.out, "summary.md").read_text())
-        print(f"wrote {args.out}/summary.md, summary.json, comparison.png and <head>/results.json")
+        print(f"wrote {args.out}/summary.md, summary.json, comparison.png, report.html and <head>/results.json")
 
 
 def cmd_train(args) -> None:
@@ -182,6 +182,29 @@ def cmd_precompute(args) -> None:
     )
 
 
+def _index_or_mean(text: str, flag: str) -> int | None:
+    if text == "mean":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: expected an integer or 'mean', got {text!r}") from None
+
+
+def cmd_viz(args) -> None:
+    from .viz import visualize
+
+    layer, head = _index_or_mean(args.layer, "--layer"), _index_or_mean(args.head, "--head")
+    for paths in visualize(args.checkpoint, args.video, args.out, layer, head, args.decode):
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def cmd_report(args) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.folder, args.clips)}")
+
+
 def cmd_config(args) -> None:
     import yaml
 
@@ -250,6 +273,27 @@ def main(argv: list[str] | None = None) -> int:
         "vp9: .webm; mpeg4: .avi; png / jpg: frame folders",
     )
     p.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("viz", help="attention maps and next-frame predictions of clips, as PNG grids and GIFs")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a run folder")
+    p.add_argument("--video", nargs="+", required=True, help="video files, or synthetic:<i> for held-out clip i")
+    p.add_argument("--out", default=None, help="output folder (default: <run folder>/viz)")
+    p.add_argument("--layer", default="-1", help="encoder layer whose attention is drawn (default -1: the last; mean)")
+    p.add_argument("--head", default="mean", help="attention head (default: the mean over heads)")
+    p.add_argument(
+        "--decode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="latents through the VAE decoder (default: when the VAE has pretrained weights; else latent channels)",
+    )
+    p.set_defaults(func=cmd_viz)
+
+    p = sub.add_parser("report", help="(re)write report.html of a run or compare folder")
+    p.add_argument("folder", help="a run folder (results.json) or a compare folder")
+    p.add_argument(
+        "--clips", type=int, default=None, help="held-out clips in the gallery (default: train.report_clips)"
+    )
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the resolved config as YAML (a starting point for --config)")
     _add_config_args(p)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from .config import RunConfig, replace
+from .report import write_report
 from .train import train
 
 SUMMARY_KEYS = (
@@ -45,6 +46,7 @@ def compare(cfg: RunConfig, heads: list[str], out_dir: str | Path, quiet: bool =
             )
     if rows:
         write_summary(rows, cfg, out)
+        write_report(out, quiet=quiet)
     return rows
 
 

@@ -133,6 +133,7 @@ class TrainConfig:
     encoder_cache: bool = False  # frozen encoder: keep patch K/V per clip in memory (bounded)
     encoder_cache_mib: int = 4096
     deterministic: bool = True
+    report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
 
 
 @dataclass
@@ -336,6 +337,7 @@ def validate(cfg: RunConfig) -> None:
     _positive("train.keep_last", t.keep_last)
     _positive("train.max_nonfinite", t.max_nonfinite)
     _positive("train.warmup_steps", t.warmup_steps, 0)
+    _positive("train.report_clips", t.report_clips, 0)
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")

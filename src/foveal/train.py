@@ -34,6 +34,7 @@ from .data.dataset import Collator, LatentCache, build_datasets, latents_for, mi
 from .data.loader import micro_batches
 from .evaluate import evaluate, make_batch, summarize
 from .model import FoveatedVLM, Output, PassOutput
+from .report import write_report
 
 LAST_N = 100  # the seed's "final ratio": mean of the last 100 step ratios
 
@@ -401,6 +402,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         results["data_skipped_files"] = skipped
         (out / "results.json").write_text(json.dumps(results, indent=1))
         torch.save({k: torch.from_numpy(v) for k, v in ev_arrays.items()}, out / "heldout_losses.pt")
+        write_report(out, quiet=quiet)
     logger.close()
     dist.barrier()
     return results
