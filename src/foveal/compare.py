@@ -166,6 +166,8 @@ def dino_header(r: dict) -> str:
     )
     spacing = [f"{gap['frames']} frame(s)" if gap.get("frames") is not None else ""]
     spacing.append(f"{gap['seconds']:.3g} s" if gap.get("seconds") is not None else "")
+    if "motion" in gap:  # synthetic clips have no frame rate; say how far objects move instead
+        spacing.append(f"synthetic, objects move {gap['motion']:.3g} frame sides per gap")
     return (
         f"Target: the next frame's encoder patch features ({shape}, {reduced}{', CLS appended' if f.get('cls') else ''}"
         f"), loss {r.get('target_loss', 'mse')}. Gap between frames: {', '.join(x for x in spacing if x) or 'n/a'}. "
