@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -85,12 +87,11 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
             s["per_frame_fine"] = fine.mean(0).tolist()
             r1, lo1, hi1 = paired_bootstrap_ratio(coarse[:, 1:].mean(1), fine[:, 1:].mean(1), seed=seed)
             s["ratio_after_first"], s["ratio_after_first_ci"] = r1, [lo1, hi1]
-        for metric, short in (("mse", "mse"), ("cosine", "cos")):  # whatever the loss: MSE and cosine similarity
-            for path in ("coarse", "fine"):
-                values = arrays.get(f"{metric}_{path}") if kind == "recon" else None
-                if values is not None:
-                    s[f"{short}_{path}"] = float(values.mean())
-                    s[f"{short}_{path}_after_first"] = float(values[:, 1:].mean())  # comparable with copy-last
+        if kind == "recon" and "mse_fine" in arrays:  # whatever the loss: the prediction's MSE and cosine
+            for (metric, short), path in itertools.product((("mse", "mse"), ("cosine", "cos")), ("coarse", "fine")):
+                values = arrays[f"{metric}_{path}"]  # [N, T]
+                s[f"{short}_{path}"] = float(values.mean())
+                s[f"{short}_{path}_after_first"] = float(values[:, 1:].mean())  # comparable with copy-last
         ar = arrays.get(f"{kind}_autoregressive")
         if ar is not None:
             per_clip_a = ar.mean(1) if ar.ndim == 2 else ar

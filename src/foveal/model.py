@@ -4,9 +4,11 @@ Training runs two passes over a clip (B clips, T frames, LLM width H):
   coarse: every frame read with the learned static query   -> LLM over [coarse_token, zc_0 .. zc_{T-1}, (text)]
   fine:   frame 0 read with q_init, frame t with the query the LLM emitted at zc_{t-1} -> LLM over [fine_token, zf..]
 Recon: the state at the mode token predicts frame 0 from the learned blank latent; the state at z_{t-1} predicts
-frame t from the true latent of frame t-1 (teacher forcing). Caption: [mode, z_0..z_{T-1}, video_end, caption, eos];
-video_end's state predicts the first caption token. ratio = loss_coarse / loss_fine (> 1: looking where the model
-chose helped). Inference: coarse, fine (coarse->fine) and autoregressive (one frame at a time, LLM KV cache).
+frame t from the true latent of frame t-1 (teacher forcing). The target is the VAE latent given with the batch or,
+with a target module (model.target: dino), each frame's own encoder features from the cache the queries read.
+Caption: [mode, z_0..z_{T-1}, video_end, caption, eos]; video_end's state predicts the first caption token.
+ratio = loss_coarse / loss_fine (> 1: looking where the model chose helped). Inference: coarse, fine (coarse->fine)
+and autoregressive (one frame at a time, LLM KV cache).
 """
 
 from __future__ import annotations
