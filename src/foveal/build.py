@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .backbones import build_dino, build_llm, build_tokenizer, seeded, vae_downsample
 from .config import RunConfig
+from .dino_target import FeatureTarget
 from .encoder import FoveatedEncoder
 from .heads import build_head
 from .model import FoveatedVLM
@@ -14,7 +15,7 @@ def target_shape(cfg: RunConfig, encoder_width: int, patch_size: int) -> tuple[i
     m = cfg.model
     if m.target == "dino":
         grid = m.frame_size // patch_size
-        return (encoder_width, grid, grid)
+        return (m.dino_target.pca or encoder_width * (2 if m.dino_target.cls else 1), grid, grid)
     side = m.frame_size // vae_downsample(m.vae)
     return (m.vae.latent_channels, side, side)
 
@@ -28,9 +29,12 @@ def build_model(cfg: RunConfig) -> tuple[FoveatedVLM, object]:
     shape = target_shape(cfg, dino.config.hidden_size, dino.config.patch_size)
     with seeded(seed, f"head:{m.head}"):
         head = build_head(m.head, llm.config.hidden_size, shape[0], shape[1])
+    target = None  # vae: latents come with the batch; dino: the encoder's own features (no parameters, no RNG)
+    if m.target == "dino":
+        target = FeatureTarget(dino.config.hidden_size, shape[1], m.dino_target.cls, m.dino_target.pca)
     with seeded(seed, "connector"):
         encoder = FoveatedEncoder(dino, m.query_dim, deep=m.deep_query)
-        model = FoveatedVLM(encoder, llm, head, m.query_dim, shape, m.visual_scale)
+        model = FoveatedVLM(encoder, llm, head, m.query_dim, shape, m.visual_scale, target, m.target_loss)
     dino.requires_grad_(not m.dino.freeze)
     llm.requires_grad_(not m.llm.freeze)
     return model, tokenizer

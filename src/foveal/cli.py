@@ -97,14 +97,32 @@ def cmd_train(args) -> None:
 
 
 def cmd_heads(args) -> None:
+    import torch
+
+    from .build import target_shape
     from .heads import build_head
 
-    c, s, s2 = (int(v) for v in args.latent.split("x"))
+    h_dim, latent, where = args.h_dim or 576, args.latent or "4x32x32", ""
+    if args.preset or args.target or args.overrides:  # the sizes the model of this config would build
+        cfg = load_config(
+            args.preset, None, [{"model": {"target": args.target}} if args.target else {}, *args.overrides]
+        )
+        m = cfg.model
+        c, s, _ = target_shape(cfg, m.dino.hidden_size, m.dino.patch_size)
+        h_dim, latent = args.h_dim or m.llm.hidden_size, args.latent or f"{c}x{s}x{s}"
+        where = f" ({cfg.preset} preset, target {m.target}"
+        if m.target == "dino":
+            where += f": {m.dino.hidden_size}-wide patch features on the {s}x{s} patch grid"
+            where += f", PCA to {m.dino_target.pca} channels" if m.dino_target.pca else ""
+            where += ", CLS appended" if m.dino_target.cls else ""
+        where += ")"
+    c, s, s2 = (int(v) for v in latent.split("x"))
     if s != s2:
-        raise ConfigError(f"--latent: expected CxSxS with a square grid, got {args.latent}")
-    print(f"heads at h_dim={args.h_dim}, target {c}x{s}x{s}:")
+        raise ConfigError(f"--latent: expected CxSxS with a square grid, got {latent}")
+    print(f"heads at h_dim={h_dim}, target {c}x{s}x{s}{where}:")
     for name in HEADS:
-        n = sum(p.numel() for p in build_head(name, args.h_dim, c, s).parameters())
+        with torch.device("meta"):  # counting needs no memory, even for the 500M-parameter MLP on full DINO features
+            n = sum(p.numel() for p in build_head(name, h_dim, c, s).parameters())
         print(f"  {name:<20} {n:>12,} parameters")
 
 
@@ -228,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("heads", help="list the registered heads with their parameter counts")
-    p.add_argument("--h-dim", type=int, default=576)
-    p.add_argument("--latent", default="4x32x32", help="CxSxS of the predicted grid")
+    p.add_argument("--h-dim", type=int, default=None, help="LLM width (default 576, or the preset's)")
+    p.add_argument("--latent", default=None, help="CxSxS of the predicted grid (default 4x32x32, or the preset's)")
+    p.add_argument("--preset", default=None, help="sizes from this preset's config (its LLM width and target grid)")
+    p.add_argument("--target", choices=["vae", "dino"], default=None, help="the preset's target (default its own)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.dino_target.pca=16")
     p.set_defaults(func=cmd_heads)
 
     p = sub.add_parser("caption", help="caption clips with a trained checkpoint")

@@ -26,6 +26,9 @@ SUMMARY_KEYS = (
     "coarse_weight",
     "seed",
 )
+# what was predicted, how far ahead, MSE and cosine whatever the loss; written when present (copy_last: dino only)
+TARGET_KEYS = ("target", "target_loss", "frame_gap", "target_shape", "target_features", "copy_last")
+TARGET_KEYS += ("mse_fine", "mse_coarse", "cos_fine", "cos_coarse")
 
 
 def compare(cfg: RunConfig, heads: list[str], out_dir: str | Path, quiet: bool = False) -> list[dict]:
@@ -70,6 +73,9 @@ def table(rows: list[dict]) -> str:
     cols = ["Head Type", "Steps", "Final Ratio", "Ratio > 1.0", "Parameters", "Held-out Ratio"]
     if joint:
         cols += ["Caption Final Ratio", "Caption Held-out Ratio"]
+    dino = any(r.get("target") == "dino" for r in rows)
+    if dino:
+        cols += DINO_COLUMNS
     cols.append("Notes")
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
@@ -92,8 +98,12 @@ def table(rows: list[dict]) -> str:
         if joint:
             cap = r.get("heldout", {}).get("caption", {})
             cells += [_fmt(r.get("final_caption_ratio")), _fmt(r.get("heldout_caption_ratio")) + _ci(cap)]
+        if dino:
+            cells += dino_cells(r)
         cells.append("; ".join(n for n in notes if n))
         lines.append("| " + " | ".join(cells) + " |")
+    if dino:
+        lines.append(copy_last_line(rows, len(cols)))
     return "\n".join(lines)
 
 
@@ -101,6 +111,7 @@ def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
     summary = [
         {k: r[k] for k in SUMMARY_KEYS}
         | {k: r[k] for k in r if k.startswith(("final_", "heldout_")) and k not in SUMMARY_KEYS and k != "heldout"}
+        | {k: r[k] for k in TARGET_KEYS if k in r}
         for r in rows
     ]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -112,8 +123,59 @@ def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
         f"(coarse/fine, > 1: looking where the model chose helped); Held-out Ratio over "
         f"{rows[0].get('heldout', {}).get('clips', 0)} clips never trained on, with a 95% paired-bootstrap CI.\n\n"
     )
+    if rows[0].get("target") == "dino":
+        header += dino_header(rows[0])
     (out / "summary.md").write_text(header + table(rows) + "\n")
     plot_comparison(rows, out / "comparison.png")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dino target: held-out MSE and cosine beside the ratios, and the copy-last control row
+
+DINO_COLUMNS = ["Held-out MSE fine (t>=1)", "Held-out cos fine (t>=1)", "Copy MSE / MSE fine"]
+
+
+def dino_cells(r: dict) -> list[str]:
+    held, copy = r.get("heldout", {}).get("recon", {}), r.get("copy_last", {})
+    return [
+        _fmt(held.get("mse_fine_after_first")),
+        _fmt(held.get("cos_fine_after_first")),
+        _fmt(copy.get("mse_copy_over_fine")) + _ci(copy, "mse_copy_over_fine_ci"),
+    ]
+
+
+def copy_last_line(rows: list[dict], num_cols: int) -> str:
+    """Frame t-1's features as frame t's prediction, on the same held-out clips: no parameters, no ratio."""
+    copies = [r["copy_last"] for r in rows if "copy_last" in r]
+    if not copies:
+        return "| copy-last (control) | " + " | ".join(["n/a"] * (num_cols - 1)) + " |"
+    c = copies[0]
+    same = all(abs(x["mse"] - c["mse"]) <= 1e-6 * max(1.0, abs(c["mse"])) for x in copies)
+    note = f"frame t-1 as frame t's prediction; {c['clips']} held-out clips"
+    if not same:  # a trainable encoder moves the features each run predicts
+        note += "; differs per run (trainable encoder): first run shown"
+    lead = ["copy-last (control)", "-", "-", "-", "0"] + ["-"] * (num_cols - 5 - len(DINO_COLUMNS) - 1)
+    return "| " + " | ".join([*lead, _fmt(c["mse"]), _fmt(c["cos"]), "1", note]) + " |"
+
+
+def dino_header(r: dict) -> str:
+    shape = "x".join(map(str, r.get("target_shape", [])))
+    f, gap = r.get("target_features", {}), r.get("frame_gap", {})
+    reduced = (
+        f"PCA to {f['pca']} channels keeping {100 * f['explained_variance']:.1f}% of the variance"
+        if f.get("pca")
+        else "all channels"
+    )
+    spacing = [f"{gap['frames']} frame(s)" if gap.get("frames") is not None else ""]
+    spacing.append(f"{gap['seconds']:.3g} s" if gap.get("seconds") is not None else "")
+    if "motion" in gap:  # synthetic clips have no frame rate; say how far objects move instead
+        spacing.append(f"synthetic, objects move {gap['motion']:.3g} frame sides per gap")
+    return (
+        f"Target: the next frame's encoder patch features ({shape}, {reduced}{', CLS appended' if f.get('cls') else ''}"
+        f"), loss {r.get('target_loss', 'mse')}. Gap between frames: {', '.join(x for x in spacing if x) or 'n/a'}. "
+        "MSE and cosine on frames 1..T-1 (frame 0 has no previous frame); Copy MSE / MSE fine > 1: the head beats "
+        "copying the previous frame's features (95% paired-bootstrap CI).\n\n"
+    )
 
 
 def plot_comparison(rows: list[dict], path: Path) -> None:

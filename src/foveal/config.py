@@ -64,6 +64,15 @@ class VAESpec:
 
 
 @dataclass
+class DinoTargetSpec:
+    """model.target = dino: the next frame's final encoder features on the patch grid, [C, S, S]."""
+
+    cls: bool = False  # also predict the CLS feature: appended to every position's channels (C = 2 x width)
+    pca: int = 0  # reduce the channels to this many principal components fitted on training clips (0: keep all)
+    fit_clips: int = 64  # training clips whose frames fit the PCA (0: all of them)
+
+
+@dataclass
 class ModelConfig:
     dino: DinoSpec = field(default_factory=DinoSpec)
     llm: LLMSpec = field(default_factory=LLMSpec)
@@ -74,6 +83,8 @@ class ModelConfig:
     visual_scale: float | None = 0.14  # frame tokens are RMS-normalised to this; null = the LLM embedding std
     head: str = "film"
     target: str = "vae"  # vae: next frame's VAE latent | dino: next frame's encoder patch features
+    dino_target: DinoTargetSpec = field(default_factory=DinoTargetSpec)
+    target_loss: str = "mse"  # mse | smooth_l1 | cosine (1 - cosine over channels); MSE and cosine always reported
 
 
 @dataclass
@@ -98,7 +109,7 @@ class DataConfig:
     window: str = "clip"  # "clip" | "first:<seconds>": T frames evenly over it; "fps:<rate>": T frames 1/rate s apart
     frame_rate: float = 8.0  # frame folders: their extraction rate (fVLM frame folders: 8 fps, per patch_prediction)
     resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
-    frame_gap: int = 1  # dino target: frames between the predicted and the previous frame
+    frame_gap: int = 1  # synthetic: render steps between consecutive frames (0: a still clip); files: use window
     synthetic: SynthSpec = field(default_factory=SynthSpec)
     num_workers: int = 0
 
@@ -294,6 +305,12 @@ def validate(cfg: RunConfig) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
     _one_of("model.head", m.head, sorted(HEADS))
     _one_of("model.target", m.target, ["vae", "dino"])
+    _one_of("model.target_loss", m.target_loss, ["mse", "smooth_l1", "cosine"])
+    channels = m.dino.hidden_size * (2 if m.dino_target.cls else 1)
+    if m.target == "dino" and m.dino.source == "random" and m.dino_target.pca > channels:
+        raise ConfigError(f"model.dino_target.pca: {m.dino_target.pca} exceeds the {channels} feature channels")
+    _positive("model.dino_target.pca", m.dino_target.pca, 0)
+    _positive("model.dino_target.fit_clips", m.dino_target.fit_clips, 0)
     _positive("model.frame_size", m.frame_size)
     _positive("model.query_dim", m.query_dim)
     if m.frame_size < m.dino.patch_size:
@@ -322,6 +339,11 @@ def validate(cfg: RunConfig) -> None:
     if d.frame_rate <= 0:
         raise ConfigError(f"data.frame_rate: must be > 0, got {d.frame_rate}")
     _positive("data.frame_gap", d.frame_gap, 0)
+    if d.frame_gap != 1 and d.source != "synthetic":
+        raise ConfigError(
+            "data.frame_gap: only synthetic clips are rendered with a gap; for video files the gap between frames "
+            "is set by data.window (fps:<rate> puts 1/rate s between frames)"
+        )
     lo, hi = (d.synthetic.size_range + [0, 0])[:2]
     if not (0 < lo <= hi <= 1):
         raise ConfigError(f"data.synthetic.size_range: need 0 < min <= max <= 1, got {d.synthetic.size_range}")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 
 from .data.dataset import encoder_input
-from .model import Batch, FoveatedVLM
+from .model import Batch, FoveatedVLM, frame_losses
 from .stats import paired_bootstrap_ratio
 
 
@@ -36,8 +38,9 @@ def evaluate(
     device=None,
     autocast=None,
 ) -> dict[str, np.ndarray]:
-    """Per-clip arrays over the whole dataset: recon_<path> [N, T], caption_<path> [N] (mean token CE).
-    Paths: coarse, fine (the final fine iteration), and autoregressive when asked."""
+    """Per-clip arrays over the whole dataset: recon_<path> [N, T] (the training loss), mse_<path> and cosine_<path>
+    [N, T], caption_<path> [N] (mean token CE). Paths: coarse, fine (the final fine iteration), and autoregressive
+    when asked."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -54,6 +57,8 @@ def evaluate(
         for name, p in paths.items():
             if p.recon is not None:
                 out.setdefault(f"recon_{name}", []).append(p.recon.float().cpu())
+                out.setdefault(f"mse_{name}", []).append(p.mse.float().cpu())
+                out.setdefault(f"cosine_{name}", []).append(p.cosine.float().cpu())
             if p.caption_sum is not None:
                 out.setdefault(f"caption_{name}", []).append((p.caption_sum / p.caption_count).float().cpu())
     model.train(was_training)
@@ -82,6 +87,11 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
             s["per_frame_fine"] = fine.mean(0).tolist()
             r1, lo1, hi1 = paired_bootstrap_ratio(coarse[:, 1:].mean(1), fine[:, 1:].mean(1), seed=seed)
             s["ratio_after_first"], s["ratio_after_first_ci"] = r1, [lo1, hi1]
+        if kind == "recon" and "mse_fine" in arrays:  # whatever the loss: the prediction's MSE and cosine
+            for (metric, short), path in itertools.product((("mse", "mse"), ("cosine", "cos")), ("coarse", "fine")):
+                values = arrays[f"{metric}_{path}"]  # [N, T]
+                s[f"{short}_{path}"] = float(values.mean())
+                s[f"{short}_{path}_after_first"] = float(values[:, 1:].mean())  # comparable with copy-last
         ar = arrays.get(f"{kind}_autoregressive")
         if ar is not None:
             per_clip_a = ar.mean(1) if ar.ndim == 2 else ar
@@ -89,3 +99,43 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
             s["train_inference_gap"] = float(per_clip_a.mean() / per_clip_f.mean() - 1)  # AR vs coarse->fine
         summary[kind] = s
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dino target control: copy-last. Predict frame t's features by frame t-1's, with no learning. In the reference's
+# patch study it beat every learned predictor at a 1 s gap (MSE 2.16 vs 3.55; reference-system.md section 6), so
+# every table on this target shows it.
+
+
+@torch.no_grad()
+def copy_last_features(model: FoveatedVLM, dataset, loss: str = "mse", batch_size: int = 8) -> dict[str, np.ndarray]:
+    """Per-clip, per-frame arrays [N, T-1] (frames 1..T-1) of loss / mse / cosine when frame t-1's target is the
+    prediction of frame t, in the model's own target space (same grid, CLS and PCA choices as the heads)."""
+    device = next(model.parameters()).device
+    out: dict[str, list] = {"loss": [], "mse": [], "cosine": []}
+    for start in range(0, len(dataset), batch_size):
+        frames = torch.stack([dataset[i]["frames"] for i in range(start, min(start + batch_size, len(dataset)))])
+        b, t = frames.shape[:2]
+        cache = model.encode(encoder_input(frames.to(device)))
+        x = model.target(cache.features, b, t)  # [B, T, C, S, S]
+        for key, values in zip(out, frame_losses(x[:, :-1], x[:, 1:], loss)):
+            out[key].append(values.cpu())
+    return {k: torch.cat(v).numpy() for k, v in out.items()}
+
+
+def summarize_copy_last(copy: dict[str, np.ndarray], arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """Copy-last's held-out means, and copy MSE / head MSE on frames 1..T-1 (> 1: the head beats copying) with a
+    paired-bootstrap CI over clips, for the coarse and fine paths."""
+    s = {
+        "clips": int(len(copy["mse"])),
+        "loss": float(copy["loss"].mean()),
+        "mse": float(copy["mse"].mean()),
+        "cos": float(copy["cosine"].mean()),
+        "per_frame_mse": [None, *copy["mse"].mean(0).tolist()],  # frame 0 has no previous frame
+    }
+    for path in ("coarse", "fine"):
+        head = arrays.get(f"mse_{path}")
+        if head is not None:
+            r, lo, hi = paired_bootstrap_ratio(copy["mse"].mean(1), head[:, 1:].mean(1), seed=seed)
+            s[f"mse_copy_over_{path}"], s[f"mse_copy_over_{path}_ci"] = r, [lo, hi]
+    return s

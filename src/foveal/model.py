@@ -4,14 +4,16 @@ Training runs two passes over a clip (B clips, T frames, LLM width H):
   coarse: every frame read with the learned static query   -> LLM over [coarse_token, zc_0 .. zc_{T-1}, (text)]
   fine:   frame 0 read with q_init, frame t with the query the LLM emitted at zc_{t-1} -> LLM over [fine_token, zf..]
 Recon: the state at the mode token predicts frame 0 from the learned blank latent; the state at z_{t-1} predicts
-frame t from the true latent of frame t-1 (teacher forcing). Caption: [mode, z_0..z_{T-1}, video_end, caption, eos];
-video_end's state predicts the first caption token. ratio = loss_coarse / loss_fine (> 1: looking where the model
-chose helped). Inference: coarse, fine (coarse->fine) and autoregressive (one frame at a time, LLM KV cache).
+frame t from the true latent of frame t-1 (teacher forcing). The target is the VAE latent given with the batch or,
+with a target module (model.target: dino), each frame's own encoder features from the cache the queries read.
+Caption: [mode, z_0..z_{T-1}, video_end, caption, eos]; video_end's state predicts the first caption token.
+ratio = loss_coarse / loss_fine (> 1: looking where the model chose helped). Inference: coarse, fine (coarse->fine)
+and autoregressive (one frame at a time, LLM KV cache).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,9 @@ class PassOutput:
 
     hidden: torch.Tensor  # [B, 1+T(+1+L), H] last hidden states: mode token, frame tokens, (video_end, caption)
     queries: torch.Tensor  # [B, T, Q] the queries that read the frames in this pass
-    recon: torch.Tensor | None = None  # [B, T] per-frame MSE of the next-frame prediction
+    recon: torch.Tensor | None = None  # [B, T] per-frame loss of the next-frame prediction (model.target_loss)
+    mse: torch.Tensor | None = None  # [B, T] per-frame MSE of the prediction, whatever the loss
+    cosine: torch.Tensor | None = None  # [B, T] per-frame cosine similarity over channels, mean over positions
     pred: torch.Tensor | None = None  # [B, T, C, S, S]
     caption_sum: torch.Tensor | None = None  # [B] summed token CE of each clip's caption (+eos)
     caption_count: torch.Tensor | None = None  # [B] caption targets per clip
@@ -68,9 +72,13 @@ class FoveatedVLM(nn.Module):
         query_dim: int,
         target_shape: tuple[int, int, int],
         visual_scale: float | None = None,
+        target: nn.Module | None = None,
+        target_loss: str = "mse",
     ):
         super().__init__()
         self.encoder, self.llm, self.head = encoder, llm, head
+        self.target = target  # None: targets come with the batch (VAE latents); else encoder features -> targets
+        self.target_loss = target_loss
         hidden = llm.config.hidden_size
         self.target_shape = tuple(target_shape)  # (C, S, S)
         if visual_scale is None:  # match the LLM's own token scale (SmolLM2: ~0.14)
@@ -121,6 +129,14 @@ class FoveatedVLM(nn.Module):
         """[B, T, C, S, S] -> what each frame is predicted from: the learned blank, then the true frame t-1."""
         return torch.cat([self.z_init.expand(targets.shape[0], 1, *self.target_shape), targets[:, :-1]], dim=1)
 
+    def with_targets(self, batch: Batch, cache: PatchCache) -> Batch:
+        """The batch with its targets: as given (VAE latents), or each frame's own encoder features (dino target),
+        taken from the cache the queries read, detached."""
+        if batch.targets is not None or self.target is None:
+            return batch
+        b, t = batch.frames.shape[:2]
+        return replace(batch, targets=self.target(cache.features, b, t))  # [B, T, C, S, S]
+
     def score(self, passes: list[PassOutput], batch: Batch, num_frames: int, recon: bool, caption: bool) -> None:
         """Fill in each pass's losses from its hidden states; all passes go through the head in one call."""
         t, n = num_frames, len(passes)
@@ -128,9 +144,9 @@ class FoveatedVLM(nn.Module):
             h = torch.cat([p.hidden[:, :t] for p in passes])  # states at mode, z_0..z_{T-2}: [n*B, T, H]
             targets = batch.targets.repeat(n, 1, 1, 1, 1)
             pred = self.head(h, self.previous(targets))  # [n*B, T, C, S, S]
-            err = (pred.float() - targets.float()).pow(2).flatten(2).mean(-1)  # [n*B, T]
-            for p, p_pred, p_err in zip(passes, pred.chunk(n), err.chunk(n)):
-                p.pred, p.recon = p_pred, p_err
+            losses = frame_losses(pred, targets, self.target_loss)  # (loss, mse, cosine), each [n*B, T]
+            for p, p_pred, loss, mse, cos in zip(passes, pred.chunk(n), *(x.chunk(n) for x in losses)):
+                p.pred, p.recon, p.mse, p.cosine = p_pred, loss, mse, cos
         if caption and batch.caption_ids is not None:
             labels = batch.caption_ids.masked_fill(~batch.caption_mask, IGNORE)
             for p in passes:
@@ -153,6 +169,7 @@ class FoveatedVLM(nn.Module):
         b, t = batch.frames.shape[:2]
         if cache is None:
             cache = self.encode(batch.frames)
+        batch = self.with_targets(batch, cache)
         text = batch if caption else None
 
         q_coarse = self.q_static.expand(b, t, -1)  # [B, T, Q]
@@ -192,18 +209,20 @@ class FoveatedVLM(nn.Module):
         state gives the query for the next frame; the caption continues from the same cache. `queries` [B, T, Q]
         replaces the LLM's queries (fed the coarse pass's shifted queries, this equals the fine pass).
         use_cache=False recomputes the whole prefix at every step (the reference for the cached path)."""
-        out, kv, fed = self._autoregressive_frames(batch, queries, use_cache, return_attention)
+        cache = self.encode(batch.frames)
+        batch = self.with_targets(batch, cache)
+        out, kv, fed = self._autoregressive_frames(batch, queries, use_cache, return_attention, cache)
         if caption and batch.caption_ids is not None:
             tail = torch.cat([self.video_end.expand(len(fed[0]), -1, -1), self.embed(batch.caption_ids[:, :-1])], 1)
             out.hidden = torch.cat([out.hidden, self._step(fed, tail, kv)], dim=1)
         self.score([out], batch, batch.frames.shape[1], recon=recon, caption=caption)
         return out
 
-    def _autoregressive_frames(self, batch: Batch, queries, use_cache: bool, return_attention: bool = False):
+    def _autoregressive_frames(self, batch: Batch, queries, use_cache: bool, return_attention=False, cache=None):
         from transformers import DynamicCache
 
         b, t = batch.frames.shape[:2]
-        frames = self.encode(batch.frames)
+        frames = self.encode(batch.frames) if cache is None else cache
         frame_index = torch.arange(b * t, device=batch.frames.device).view(b, t)
         kv = DynamicCache(config=self.llm.config) if use_cache else None
         fed: list[torch.Tensor] = []  # every input fed so far (the no-cache path re-reads them)
@@ -286,6 +305,21 @@ class FoveatedVLM(nn.Module):
                 :, -1
             ]
         return torch.stack(out, dim=1)
+
+
+def frame_losses(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse"):
+    """[..., C, S, S] pairs -> (loss, mse, cosine), each [...] (one value per frame). cosine: similarity of the
+    C-channel vectors at each position, averaged over positions; the loss is MSE, smooth-L1 or 1 - cosine."""
+    pred, target = pred.float(), target.float()
+    mse = (pred - target).pow(2).flatten(-3).mean(-1)
+    cos = F.cosine_similarity(pred, target, dim=-3).flatten(-2).mean(-1)
+    if kind == "mse":
+        return mse, mse, cos
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none").flatten(-3).mean(-1), mse, cos
+    if kind == "cosine":
+        return 1 - cos, mse, cos
+    raise ValueError(f"model.target_loss: {kind!r}; choose mse, smooth_l1 or cosine")
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:

@@ -32,7 +32,8 @@ from .checkpoint import (
 from .config import RunConfig, TrainConfig
 from .data.dataset import Collator, LatentCache, build_datasets, latents_for, micro_batch
 from .data.loader import micro_batches
-from .evaluate import evaluate, make_batch, summarize
+from .dino_target import frame_gap, prepare, reduction_info
+from .evaluate import copy_last_features, evaluate, make_batch, summarize, summarize_copy_last
 from .model import FoveatedVLM, Output, PassOutput
 from .report import write_report
 
@@ -61,6 +62,15 @@ def fine_weights(n: int, mode: str) -> list[float]:
     if mode == "mean":
         return [1.0 / n] * n
     return [i / (n * (n + 1) / 2) for i in range(1, n + 1)]  # progressive: i / sum(i)
+
+
+def pass_value(p: PassOutput, key: str) -> float:
+    """What is logged per pass: an objective's loss (recon, caption), or the prediction's mse / cos(ine)."""
+    if key == "mse":
+        return p.mse.mean().item()
+    if key == "cos":
+        return p.cosine.mean().item()
+    return getattr(p, f"{key}_loss").item()
 
 
 def objective_loss(out: Output, t: TrainConfig) -> torch.Tensor:
@@ -233,6 +243,9 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
     caption = t.objective in ("caption", "joint")
     recon = t.objective in ("recon", "joint")
     kinds = [k for k, on in (("recon", recon), ("caption", caption)) if on]
+    tracked = kinds + (["mse", "cos"] if recon else [])  # the prediction's MSE and cosine, whatever the loss
+    if model.target is not None:  # dino target: the encoder's own features, reduced by a PCA if asked
+        prepare(model, cfg, train_set, out, fit=resume_from is None, main=dist.main, quiet=quiet)
 
     epochs = t.steps * t.grad_accum * t.batch_size * dist.world / max(1, len(train_set))
     if epochs > 1 and dist.main and not quiet:  # the reference's multi-epoch results were invalid (overfitting)
@@ -303,7 +316,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         if t.minutes is not None and dist.any(elapsed0 + time.time() - t0 > t.minutes * 60):
             break
         ts = time.time()
-        sums = {f"{k}_{p}": 0.0 for k in kinds for p in ("coarse", "fine")}
+        sums = {f"{k}_{p}": 0.0 for k in tracked for p in ("coarse", "fine")}
         loss_sum, bad = 0.0, False
         for micro in range(t.grad_accum):
             idx, raw = next(batches)
@@ -315,9 +328,9 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             bad |= not torch.isfinite(loss).item()
             scaler.scale(loss / t.grad_accum).backward()
             loss_sum += loss.item() / t.grad_accum
-            for k in kinds:
-                sums[f"{k}_coarse"] += getattr(res.coarse, f"{k}_loss").item() / t.grad_accum
-                sums[f"{k}_fine"] += getattr(res.fine[-1], f"{k}_loss").item() / t.grad_accum
+            for k in tracked:
+                sums[f"{k}_coarse"] += pass_value(res.coarse, k) / t.grad_accum
+                sums[f"{k}_fine"] += pass_value(res.fine[-1], k) / t.grad_accum
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         bad |= not torch.isfinite(grad_norm).item()
@@ -358,6 +371,9 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             history["ratio"][k].append(ratio)
             history["coarse"][k].append(means[f"{k}_coarse"])
             history["fine"][k].append(means[f"{k}_fine"])
+        for k in tracked[len(kinds) :]:  # setdefault: a checkpoint from before these were tracked resumes too
+            history["coarse"].setdefault(k, []).append(means[f"{k}_coarse"])
+            history["fine"].setdefault(k, []).append(means[f"{k}_fine"])
         if t.eval_every and done % t.eval_every == 0 and done < t.steps and dist.main:
             ev = summarize(
                 evaluate(
@@ -400,6 +416,10 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         skipped = {**getattr(heldout_set, "skipped", {}), **getattr(train_set, "skipped", {})}
         results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
         results["data_skipped_files"] = skipped
+        if model.target is not None and recon:  # the control every dino-target table shows
+            copy = copy_last_features(model, heldout_set, cfg.model.target_loss)
+            results["copy_last"] = summarize_copy_last(copy, ev_arrays, seed=t.seed)
+            ev_arrays |= {f"copy_last_{k}": v for k, v in copy.items()}
         (out / "results.json").write_text(json.dumps(results, indent=1))
         torch.save({k: torch.from_numpy(v) for k, v in ev_arrays.items()}, out / "heldout_losses.pt")
         write_report(out, quiet=quiet)
@@ -435,6 +455,12 @@ def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinit
         "heldout": heldout,
         "step_ratios": history["ratio"],
     }
+    row["target"], row["target_loss"], row["frame_gap"] = cfg.model.target, cfg.model.target_loss, frame_gap(cfg)
+    if model.target is not None:
+        row["target_shape"], row["target_features"] = list(model.target_shape), reduction_info(model.target)
+    for k in ("mse", "cos"):  # training-time (last 100 steps) MSE and cosine of the prediction, whatever the loss
+        if k in history["fine"]:
+            row[f"{k}_fine"], row[f"{k}_coarse"] = mean(history["fine"][k][last]), mean(history["coarse"][k][last])
     for k in kinds[1:]:
         row[f"final_{k}_ratio"] = mean(history["ratio"][k][last])
         row[f"heldout_{k}_ratio"] = heldout.get(k, {}).get("ratio", float("nan"))

@@ -33,6 +33,8 @@ class SyntheticClips(Dataset):
         self.frame_size = frame_size
         spec = json.dumps(asdict(data.synthetic), sort_keys=True)
         self._key = f"synthetic|{spec}|{self.size}|{frame_size}|{data.num_frames}|{data.seed}"
+        if data.frame_gap != 1:  # appended only when set, so latents cached before the option stay valid
+            self._key += f"|gap={data.frame_gap}"
         self.skipped: dict[str, list[str]] = {}  # reason -> clip names (file datasets skip bad files)
 
     def __len__(self) -> int:
@@ -42,7 +44,8 @@ class SyntheticClips(Dataset):
         return [f"{self._key}|{self.offset + i}" for i in range(self.count)]
 
     def clip(self, i: int) -> SynthClip:
-        return render_clip(self.data.synthetic, self.size, self.data.num_frames, self.data.seed, self.offset + i)
+        d = self.data
+        return render_clip(d.synthetic, self.size, d.num_frames, d.seed, self.offset + i, d.frame_gap)
 
     def __getitem__(self, i: int) -> dict:
         clip = self.clip(i)

@@ -58,7 +58,8 @@ def _shape_mask(shape: str, xx, yy, cx, cy, r) -> np.ndarray:
     return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) / 2)
 
 
-def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: int) -> SynthClip:
+def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: int, gap: int = 1) -> SynthClip:
+    """Clip `index`: frame t shows the scene at render step t * gap (gap 0: every frame is the first one)."""
     rng = np.random.default_rng([seed, index, 7919])
     k = spec.num_objects + spec.num_distractors
     colours = rng.choice(list(COLOURS), size=k, replace=k > len(COLOURS))
@@ -68,7 +69,7 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
     angles = rng.integers(0, 8, size=k) * np.pi / 4 + rng.uniform(-0.2, 0.2, size=k)
     start = rng.uniform(0, 1, size=(k, 2))
 
-    t = np.arange(num_frames, dtype=np.float64)[:, None, None]  # [T, 1, 1]
+    t = gap * np.arange(num_frames, dtype=np.float64)[:, None, None]  # [T, 1, 1] render steps
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)[:, None] + 0.5  # [1, H, W] each
     frames = _background(rng, size, spec.textured_background)
     frames = np.broadcast_to(frames, (num_frames, size, size, 3)).copy()
