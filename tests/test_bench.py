@@ -12,6 +12,7 @@ from foveal.bench import CPU_SDPA_FLOPS, NAIVE, Step, patched, softmax_attention
 from foveal.cli import main
 from foveal.config import load_config
 
+SAME_MATHS = ["per-frame attend", "SDPA query attend", "materialised attention", "head per pass", "foreach AdamW"]
 SMALL = ["data.num_frames=4", "train.batch_size=2", "model.llm.num_layers=2", "model.dino.num_layers=2"]
 KEYS = [
     "preset",
@@ -59,7 +60,13 @@ def test_bench_json_has_the_keys_and_sane_values(capsys, cache_dir):
     film_convs = s * s * 9 * (c * 64 + 64 * 128 + 128 * 256) * 2 * 2
     assert r["flops_per_step"] > 2 * 8 * film_convs * 3
     names = [v["name"] for v in r["variants"]]
-    assert names == ["per-frame attend", "materialised attention", "head per pass", "foreach AdamW"]
+    assert names == [
+        "per-frame attend",
+        "SDPA query attend",
+        "materialised attention",
+        "head per pass",
+        "foreach AdamW",
+    ]
     assert all(v["step_s_median"] > 0 and v["slowdown"] > 0 for v in r["variants"])
 
 
@@ -88,7 +95,7 @@ def grads(step) -> tuple[torch.Tensor, dict]:
 def test_naive_variants_compute_the_same_loss_and_gradients(step):
     ref_loss, ref_grads = grads(step)
     same = [v for v in NAIVE if v.same_loss and v.applies(step)]
-    assert {v.name for v in same} == {"per-frame attend", "materialised attention", "head per pass", "foreach AdamW"}
+    assert [v.name for v in same] == SAME_MATHS
     for v in same:
         with v.enter(step):
             loss, g = grads(step)
@@ -96,7 +103,8 @@ def test_naive_variants_compute_the_same_loss_and_gradients(step):
         assert g.keys() == ref_grads.keys()
         for name in ref_grads:
             torch.testing.assert_close(g[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=f"{v.name}: {name}")
-    assert "read" not in vars(step.model) and F.scaled_dot_product_attention is not softmax_attention  # restored
+    assert "read" not in vars(step.model) and "_attend_deep" not in vars(step.model.encoder)  # restored
+    assert F.scaled_dot_product_attention is not softmax_attention
 
 
 def test_softmax_attention_matches_sdpa_with_masks_and_gqa():

@@ -102,12 +102,12 @@ class FoveatedEncoder(nn.Module):
         for layer, k, v in zip(self.dino.encoder.layer, cache.keys, cache.values):
             attn = layer.attention
             q = self._split(attn.q_proj(layer.norm1(x)))  # [N, heads, K, hd]; no key of its own: patches only
-            if return_attention:  # same maths as SDPA, with the weights kept (K x P is small)
-                w = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)  # [N, heads, K, P]
-                a = w @ v
+            # written out, not SDPA: the K x P weights are small, and on CPU this runs ~5x (forward) and ~20x
+            # (backward, bf16) faster than SDPA's flash kernel, which also computes the unused patch K/V gradients
+            w = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)  # [N, heads, K, P]
+            a = w @ v
+            if return_attention:
                 maps.append(w.transpose(1, 2))  # [N, K, heads, P]
-            else:
-                a = F.scaled_dot_product_attention(q, k, v)
             x = x + layer.layer_scale1(attn.o_proj(self._merge(a)))
             x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
         weights = torch.stack(maps, dim=2) if return_attention else None  # [N, K, L, heads, P]
