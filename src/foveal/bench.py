@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from . import encoder as encoder_module
 from .build import build_model
 from .config import RunConfig
 from .encoder import PatchCache
@@ -259,8 +260,14 @@ NAIVE = [
         applies=lambda s: s.model.encoder.deep,
     ),
     Variant(
+        "SDPA encoder backward",
+        "written-out softmax in the trained encoder's self-attention on CPU",
+        lambda s: patched(encoder_module, "self_attention", F.scaled_dot_product_attention),
+        applies=lambda s: s.device.type == "cpu" and not s.cfg.model.dino.freeze,
+    ),
+    Variant(
         "materialised attention",
-        "SDPA in the encoder, LLM and heads",
+        "SDPA in the frozen encoder, LLM and heads",
         # every caller (encoder, heads, transformers' sdpa path, nn.MultiheadAttention) looks F's function up per call
         lambda s: patched(F, "scaled_dot_product_attention", softmax_attention),
     ),
