@@ -49,7 +49,7 @@ def test_bench_json_has_the_keys_and_sane_values(capsys, cache_dir):
     assert (r["preset"], r["head"], r["precision"], r["frozen_encoder"], r["batch"], r["frames"]) == (
         "tiny", "film", "fp32", True, 2, 4,
     )  # fmt: skip
-    assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"]
+    assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"] and r["cpu_s_median"] > 0
     assert r["frames_per_s"] == pytest.approx(2 * 4 / r["step_s_median"])
     assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_step"] / r["step_s_median"])
     assert r["mfu"] == pytest.approx(r["achieved_flops_per_s"] / r["peak_flops_per_s"])

@@ -356,6 +356,7 @@ def bench(
         "frame_size": cfg.model.frame_size,
         "device": device.type,
         "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
         "steps": steps,
         "warmup": warmup,
         **main,
@@ -400,6 +401,12 @@ def format_table(r: dict) -> str:
         "",
         f"measured matmul peak ({r['precision']}, 2048^3): {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s",
     ]
+    if r["device"] == "cpu" and max(r["load_avg_before"], r["load_avg_after"]) > r["cores"]:
+        lines.append(
+            f"note: the load average exceeds the {r['cores']} cores: other processes share them, so wall-clock figures "
+            "are pessimistic (CPU s is the step's work). OpenMP threads that spin-wait on a busy machine can slow "
+            "a step many-fold: try OMP_WAIT_POLICY=PASSIVE or --threads 1."
+        )
     if r.get("variants"):
         lines += [
             "",
