@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.bench import CPU_SDPA_FLOPS, NAIVE, Step, patched, softmax_attention
+from foveal.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
 from foveal.cli import main
 from foveal.config import load_config
 
@@ -66,6 +66,7 @@ def test_bench_json_has_the_keys_and_sane_values(capsys, cache_dir):
         "materialised attention",
         "head per pass",
         "foreach AdamW",
+        "all naive",
     ]
     assert all(v["step_s_median"] > 0 and v["slowdown"] > 0 for v in r["variants"])
 
@@ -109,7 +110,8 @@ def test_naive_variants_compute_the_same_loss_and_gradients(which, request):
         SAME_MATHS if which == "step" else [SAME_MATHS[0], SAME_MATHS[1], "SDPA encoder backward", *SAME_MATHS[2:]]
     )
     assert [v.name for v in same] == expected
-    for v in same:
+    everything = Variant("all naive", "", lambda s: undo_all(s, same))
+    for v in [*same, everything]:
         with v.enter(step):
             loss, g = grads(step)
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=v.name)

@@ -290,6 +290,15 @@ NAIVE = [
         same_loss=False,
     ),
 ]
+
+
+def undo_all(step: Step, variants: list[Variant]) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    for v in variants:
+        stack.enter_context(v.enter(step))
+    return stack
+
+
 OPTIMISED = Variant("optimised", "", lambda s: contextlib.nullcontext())
 
 
@@ -322,6 +331,9 @@ def bench(
     load_before = os.getloadavg()[0]
     step = Step(cfg, device)
     variants = [OPTIMISED] + ([v for v in NAIVE if v.applies(step)] if compare_naive else [])
+    same = [v for v in variants[1:] if v.same_loss]
+    if len(same) > 1:  # everything undone at once: the step as a straightforward implementation runs it
+        variants.append(Variant("all naive", "all of the above but precision", lambda s: undo_all(s, same)))
 
     memory = {}
     for v in variants:  # warm-up; the last warm-up step of each variant measures its peak memory
