@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from . import encoder as encoder_module
 from .build import build_model
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .encoder import PatchCache
 from .encoder_cache import EncoderCache
 from .model import Batch, FoveatedVLM
@@ -144,7 +144,7 @@ class Step:
             with torch.no_grad(), autocast_for(self.precision, device):
                 self.cache.lookup(self.keys, self.batch.frames, self.model.encode)
             if len(self.cache) < len(self.keys):
-                raise ValueError(f"train.encoder_cache_mib={t.encoder_cache_mib} does not hold one batch of clips")
+                raise ConfigError(f"train.encoder_cache_mib={t.encoder_cache_mib} does not hold one batch of clips")
 
     def loss(self) -> torch.Tensor:
         t = self.cfg.train
@@ -326,7 +326,7 @@ def bench(
 ) -> dict:
     """Time `steps` training steps of cfg (after `warmup` untimed ones); returns the result dict (see module doc)."""
     if steps < 1 or warmup < 1:
-        raise ValueError(f"bench: need steps >= 1 and warmup >= 1, got {steps} and {warmup}")
+        raise ConfigError(f"bench: --steps and --warmup must be >= 1, got {steps} and {warmup}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load_before = os.getloadavg()[0]
     step = Step(cfg, device)
