@@ -260,14 +260,14 @@ NAIVE = [
         applies=lambda s: s.model.encoder.deep,
     ),
     Variant(
-        "SDPA encoder backward",
-        "written-out softmax in the trained encoder's self-attention on CPU",
+        "SDPA encoder",
+        "written-out softmax in the encoder's self-attention on CPU",
         lambda s: patched(encoder_module, "self_attention", F.scaled_dot_product_attention),
-        applies=lambda s: s.device.type == "cpu" and not s.cfg.model.dino.freeze,
+        applies=lambda s: s.device.type == "cpu" and s.cache is None,
     ),
     Variant(
         "materialised attention",
-        "SDPA in the frozen encoder, LLM and heads",
+        "SDPA in the LLM and heads",
         # every caller (encoder, heads, transformers' sdpa path, nn.MultiheadAttention) looks F's function up per call
         lambda s: patched(F, "scaled_dot_product_attention", softmax_attention),
     ),
