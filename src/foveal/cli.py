@@ -223,6 +223,36 @@ def cmd_report(args) -> None:
     print(f"wrote {write_report(args.folder, args.clips)}")
 
 
+def cmd_bench(args) -> None:
+    import json
+
+    import torch
+
+    from .bench import bench, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    o: dict = {"model": {}, "data": {}, "train": {}}
+    for (section, key), value in {
+        ("model", "head"): args.head,
+        ("data", "num_frames"): args.frames,
+        ("train", "batch_size"): args.batch,
+        ("train", "precision"): args.precision,
+    }.items():
+        if value is not None:
+            o[section][key] = value
+    if args.trainable_encoder:
+        o["model"]["dino"] = {"freeze": False}
+    if args.encoder_cache:
+        o["train"]["encoder_cache"] = True
+    cfg = load_config(args.preset, args.config, [o, *args.overrides])
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    result = bench(
+        cfg, args.steps, args.warmup, args.compare_naive, torch.device(args.device) if args.device else None, log
+    )
+    print(json.dumps(result) if args.json else format_table(result))
+
+
 def cmd_config(args) -> None:
     import yaml
 
@@ -315,6 +345,24 @@ def main(argv: list[str] | None = None) -> int:
         "--clips", type=int, default=None, help="held-out clips in the gallery (default: train.report_clips)"
     )
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("bench", help="time a training step: median, FLOPs, MFU, peak memory; --compare-naive")
+    p.add_argument("--preset", default=None, help="named preset (default tiny; the reference sizes: full)")
+    p.add_argument("--config", default=None, help="YAML run config")
+    p.add_argument("--head", choices=sorted(HEADS), default=None)
+    p.add_argument("--batch", type=int, default=None, help="clips per step (default the config's train.batch_size)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default data.num_frames)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
+    p.add_argument("--trainable-encoder", action="store_true", help="train DINOv2 too (default: the config's)")
+    p.add_argument("--encoder-cache", action="store_true", help="frozen encoder: patch K/V cached per clip")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median, min, max over these)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first; the last one measures peak memory")
+    p.add_argument("--compare-naive", action="store_true", help="also time the step with each optimisation undone")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's: one per core)")
+    p.add_argument("--device", default=None, help="cpu | cuda (default cuda when available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.llm.num_layers=4")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("config", help="print the resolved config as YAML (a starting point for --config)")
     _add_config_args(p)

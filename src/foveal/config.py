@@ -363,5 +363,10 @@ def validate(cfg: RunConfig) -> None:
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.encoder_cache and not m.dino.freeze:
+        raise ConfigError(
+            "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step)"
+        )
+    _positive("train.encoder_cache_mib", t.encoder_cache_mib)
     if t.minutes is not None and t.minutes <= 0:
         raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")

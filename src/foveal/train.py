@@ -33,6 +33,7 @@ from .config import RunConfig, TrainConfig
 from .data.dataset import Collator, LatentCache, build_datasets, latents_for, micro_batch
 from .data.loader import micro_batches
 from .dino_target import frame_gap, prepare, reduction_info
+from .encoder_cache import EncoderCache, cache_plan
 from .evaluate import copy_last_features, evaluate, make_batch, summarize, summarize_copy_last
 from .model import FoveatedVLM, Output, PassOutput
 from .report import write_report
@@ -108,7 +109,9 @@ def lr_factor(step: int, t: TrainConfig) -> float:
 
 
 def make_optimizer(model: FoveatedVLM, t: TrainConfig, device: torch.device):
-    fused = device.type == "cuda"
+    # fused: one pass over each tensor, no temporaries; on CPU (torch >= 2.4) too, where foreach falls back to a loop of
+    # single-tensor ops that each allocate a full-size result (foveal bench --compare-naive: "foreach AdamW")
+    fused = device.type in ("cuda", "cpu")
     opt = torch.optim.AdamW(param_groups(model, t), fused=fused or None, foreach=None if fused else True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t))
     return opt, sched
@@ -253,6 +256,9 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             f"note: {t.steps} steps cover the {len(train_set)} training clips {epochs:.1f} times; trust the held-out"
             " numbers, or raise data.train_clips"
         )
+    enc_cache = EncoderCache(t.encoder_cache_mib) if t.encoder_cache else None  # frozen encoder (validated)
+    if enc_cache is not None and dist.main and not quiet:
+        print(cache_plan(model, cfg, len(train_set)))
     opt, sched = make_optimizer(model, t, dist.device)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
     history: dict = {"ratio": {k: [] for k in kinds}, "coarse": {k: [] for k in kinds}, "fine": {k: [] for k in kinds}}
@@ -323,7 +329,8 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             batch = make_batch(raw, None if train_targets is None else train_targets[idx], dist.device, caption)
             sync = micro == t.grad_accum - 1 or dist.world == 1
             with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-                res = net(batch, recon=recon, caption=caption, fine_iterations=t.fine_iterations)
+                patches = enc_cache.lookup(raw["keys"], batch.frames, model.encode) if enc_cache else None
+                res = net(batch, recon=recon, caption=caption, fine_iterations=t.fine_iterations, cache=patches)
                 loss = objective_loss(res, t)
             bad |= not torch.isfinite(loss).item()
             scaler.scale(loss / t.grad_accum).backward()

@@ -1,0 +1,152 @@
+"""`foveal bench`: the JSON it prints, the FLOP count of the CPU attention kernels, and that every naive variant it
+times computes the same loss and gradients as the optimised step (so a speed-up is for the same maths)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from foveal.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
+from foveal.cli import main
+from foveal.config import load_config
+
+SAME_MATHS = [
+    "per-frame attend", "SDPA query attend", "SDPA encoder", "materialised attention", "head per pass", "foreach AdamW"
+]  # fmt: skip
+SMALL = ["data.num_frames=4", "train.batch_size=2", "model.llm.num_layers=2", "model.dino.num_layers=2"]
+KEYS = [
+    "preset",
+    "head",
+    "precision",
+    "frozen_encoder",
+    "batch",
+    "frames",
+    "step_s_median",
+    "step_s_min",
+    "step_s_max",
+    "peak_mem_mib",
+    "flops_per_step",
+    "achieved_flops_per_s",
+    "peak_flops_per_s",
+    "mfu",
+    "frames_per_s",
+]
+
+
+@pytest.fixture(scope="module")
+def step(tmp_path_factory):
+    cfg = load_config(
+        "tiny", overrides=[*SMALL, "model.head=cross_attention", f"cache_dir={tmp_path_factory.mktemp('c')}"]
+    )
+    return Step(cfg, torch.device("cpu"))
+
+
+def test_bench_json_has_the_keys_and_sane_values(capsys, cache_dir):
+    rc = main(["bench", "--steps", "1", "--warmup", "1", "--json", "--compare-naive", f"cache_dir={cache_dir}", *SMALL])
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(KEYS) <= set(r)
+    assert (r["preset"], r["head"], r["precision"], r["frozen_encoder"], r["batch"], r["frames"]) == (
+        "tiny", "film", "fp32", True, 2, 4,
+    )  # fmt: skip
+    assert 0 < r["step_s_min"] <= r["step_s_median"] <= r["step_s_max"] and r["cpu_s_median"] > 0
+    assert r["frames_per_s"] == pytest.approx(2 * 4 / r["step_s_median"])
+    assert r["achieved_flops_per_s"] == pytest.approx(r["flops_per_step"] / r["step_s_median"])
+    assert r["mfu"] == pytest.approx(r["achieved_flops_per_s"] / r["peak_flops_per_s"])
+    assert 1e9 < r["peak_flops_per_s"] < 1e16
+    assert 100 < r["peak_mem_mib"] < 8192  # a torch process holding a tiny model
+    # the FiLM head alone: 2 passes x B*T samples, 6 convs of 3x3 at S*S positions, forward + 2x backward
+    s, c = 8, 4
+    film_convs = s * s * 9 * (c * 64 + 64 * 128 + 128 * 256) * 2 * 2
+    assert r["flops_per_step"] > 2 * 8 * film_convs * 3
+    names = [v["name"] for v in r["variants"]]
+    assert names == [*SAME_MATHS, "all naive"]  # fp32 applies to bf16 only
+    assert all(v["step_s_median"] > 0 and v["slowdown"] > 0 for v in r["variants"])
+
+
+def test_flops_include_the_cpu_attention_kernels(step):
+    """The optimised forward (CPU SDPA kernels, counted by our formulas) and the materialised one (plain matmuls,
+    counted by torch) do the same matmuls, so the counts agree exactly; without the formulas SDPA would count 0."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as fused:
+        step.loss()
+    with patched(F, "scaled_dot_product_attention", softmax_attention), FlopCounterMode(display=False) as materialised:
+        step.loss()
+    with FlopCounterMode(display=False) as uncounted:
+        step.loss()
+    assert fused.get_total_flops() == materialised.get_total_flops()
+    assert uncounted.get_total_flops() < fused.get_total_flops()
+
+
+def grads(step) -> tuple[torch.Tensor, dict]:
+    step.opt.zero_grad(set_to_none=True)
+    loss = step.loss()
+    loss.backward()
+    out = {n: p.grad.clone() for n, p in step.model.named_parameters() if p.grad is not None}
+    step.opt.zero_grad(set_to_none=True)
+    return loss.detach(), out
+
+
+@pytest.fixture(scope="module")
+def trainable_step(tmp_path_factory):
+    cfg = load_config(
+        "tiny", overrides=[*SMALL, "model.dino.freeze=false", f"cache_dir={tmp_path_factory.mktemp('c')}"]
+    )
+    return Step(cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("which", ["step", "trainable_step"])
+def test_naive_variants_compute_the_same_loss_and_gradients(which, request):
+    step = request.getfixturevalue(which)
+    ref_loss, ref_grads = grads(step)
+    same = [v for v in NAIVE if v.same_loss and v.applies(step)]
+    assert [v.name for v in same] == SAME_MATHS
+    everything = Variant("all naive", "", lambda s: undo_all(s, same))
+    for v in [*same, everything]:
+        with v.enter(step):
+            loss, g = grads(step)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6, msg=v.name)
+        assert g.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(g[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=f"{v.name}: {name}")
+    assert "read" not in vars(step.model) and "_attend_deep" not in vars(step.model.encoder)  # restored
+    assert F.scaled_dot_product_attention is not softmax_attention
+
+
+def test_softmax_attention_matches_sdpa_with_masks_and_gqa():
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
+    mask = torch.rand(5, 7) > 0.3
+    mask[:, 0] = True  # every query sees something
+    for kw in ({"enable_gqa": True}, {"enable_gqa": True, "attn_mask": mask}, {"enable_gqa": True, "scale": 0.3}):
+        torch.testing.assert_close(softmax_attention(q, k, v, **kw), F.scaled_dot_product_attention(q, k, v, **kw))
+    qs = torch.randn(2, 2, 7, 8)
+    torch.testing.assert_close(
+        softmax_attention(qs, k, v, is_causal=True), F.scaled_dot_product_attention(qs, k, v, is_causal=True)
+    )
+
+
+def test_foreach_variant_changes_only_the_optimiser_implementation(step):
+    """The fused (default) and foreach AdamW updates agree; the variant restores the flags afterwards."""
+    flags = lambda: [(g["foreach"], g["fused"]) for g in step.opt.param_groups]  # noqa: E731
+    before = flags()
+    params = [p for p in step.model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    copy = lambda state: {k: {n: t.clone() for n, t in s.items()} for k, s in state.items()}  # noqa: E731
+    state = copy(step.opt.state)
+    step()
+    fused = [p.detach().clone() for p in params]
+    with torch.no_grad():  # rewind weights and optimiser state, then take the same step with foreach
+        for p, s in zip(params, start):
+            p.copy_(s)
+    step.opt.state.clear()
+    step.opt.state.update(
+        {k: {n: (t.clone() if torch.is_tensor(t) else t) for n, t in s.items()} for k, s in state.items()}
+    )
+    foreach = next(v for v in NAIVE if v.name == "foreach AdamW")
+    with foreach.enter(step):
+        assert all(g["foreach"] and not g["fused"] for g in step.opt.param_groups)
+        step()
+    for a, b in zip(fused, params):
+        torch.testing.assert_close(b.detach(), a, rtol=1e-5, atol=1e-7)
+    assert flags() == before == [(None, True)] * len(before)

@@ -1,0 +1,80 @@
+"""Encoder cache: a cached batch equals encoding it, the budget holds, the size estimate is exact, and training with
+the cache follows training without it."""
+
+import json
+
+import pytest
+import torch
+
+from foveal.build import build_model
+from foveal.config import ConfigError, load_config, replace
+from foveal.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes
+from foveal.train import train
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tmp_path_factory):
+    cfg = load_config("tiny", overrides=["data.num_frames=3", f"cache_dir={tmp_path_factory.mktemp('c')}"])
+    model, _ = build_model(cfg)
+    return model.eval(), cfg
+
+
+def assert_same(a, b):
+    for x, y in ((a.keys, b.keys), (a.values, b.values), (a.features, b.features)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_lookup_equals_encoding_with_hits_and_misses(model_cfg):
+    model, _ = model_cfg
+    frames = torch.randn(3, 3, 3, 64, 64)
+    cache = EncoderCache(budget_mib=64)
+    first = cache.lookup(["a", "b"], frames[:2], model.encode)
+    assert_same(first, model.encode(frames[:2]))
+    assert len(cache) == 2 and (cache.hits, cache.misses) == (0, 2)
+    order = [2, 0, 1]  # c is new, a and b are held; the result keeps the batch's order
+    mixed = cache.lookup(["c", "a", "b"], frames[order], model.encode)
+    assert_same(mixed, model.encode(frames[order]))
+    assert (cache.hits, cache.misses) == (2, 3)
+    assert cache.used == sum(entry_bytes(e) for e in cache.entries.values())
+
+
+def test_budget_bounds_the_cache_and_uncached_clips_are_still_right(model_cfg):
+    model, _ = model_cfg
+    per_clip = clip_bytes(model, 3, 64, "fp32")
+    budget = -(-per_clip // MIB)  # MiB that hold one clip
+    keep = budget * MIB // per_clip
+    frames = torch.randn(keep + 2, 3, 3, 64, 64)
+    keys = [f"clip{i}" for i in range(len(frames))]
+    cache = EncoderCache(budget)
+    out = cache.lookup(keys, frames, model.encode)
+    assert len(cache) == keep and cache.used <= budget * MIB
+    assert_same(out, model.encode(frames))
+    assert_same(cache.lookup(keys[::-1], frames.flip(0), model.encode), model.encode(frames.flip(0)))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_size_estimate_is_exact(model_cfg, precision):
+    model, cfg = model_cfg
+    cache = EncoderCache(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        cache.lookup(["a"], torch.randn(1, 3, 3, 64, 64), model.encode)
+    assert entry_bytes(cache.entries["a"]) == clip_bytes(model, 3, 64, precision)
+    assert "MiB per clip" in cache_plan(model, cfg, 100)
+
+
+def test_cache_needs_a_frozen_encoder():
+    with pytest.raises(ConfigError, match="model.dino.freeze"):
+        load_config("tiny", overrides=["train.encoder_cache=true", "model.dino.freeze=false"])
+
+
+def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, capsys):
+    """Two epochs over 4 clips: the second epoch reads every clip from the cache; the losses stay the same."""
+    kw = {"data.train_clips": 4, "data.heldout_clips": 2, "train.steps": 4, "train.grad_accum": 1}
+    rows = []
+    for on in (False, True):
+        cfg = replace(tiny_cfg(**kw, **{"train.encoder_cache": on}), out_dir=str(tmp_path / f"run{on}"))
+        train(cfg)
+        lines = (tmp_path / f"run{on}" / "metrics.jsonl").read_text().splitlines()
+        rows.append([json.loads(x)["loss"] for x in lines])
+    assert "encoder cache:" in capsys.readouterr().out
+    torch.testing.assert_close(torch.tensor(rows[1]), torch.tensor(rows[0]), rtol=1e-4, atol=1e-6)
