@@ -121,14 +121,18 @@ class FoveatedVLM(nn.Module):
         """[B, T, C, S, S] -> what each frame is predicted from: the learned blank, then the true frame t-1."""
         return torch.cat([self.z_init.expand(targets.shape[0], 1, *self.target_shape), targets[:, :-1]], dim=1)
 
+    def predict_next(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h [B, T, H] (states at mode, z_0..z_{T-2}), targets [B, T, C, S, S] -> each frame's prediction and its MSE
+        [B, T]. The held-out h-ablation calls it with h replaced (zeros, another clip's) and nothing else changed."""
+        pred = self.head(h, self.previous(targets))  # [B, T, C, S, S]
+        return pred, (pred.float() - targets.float()).pow(2).flatten(2).mean(-1)
+
     def score(self, passes: list[PassOutput], batch: Batch, num_frames: int, recon: bool, caption: bool) -> None:
         """Fill in each pass's losses from its hidden states; all passes go through the head in one call."""
         t, n = num_frames, len(passes)
         if recon and batch.targets is not None:
             h = torch.cat([p.hidden[:, :t] for p in passes])  # states at mode, z_0..z_{T-2}: [n*B, T, H]
-            targets = batch.targets.repeat(n, 1, 1, 1, 1)
-            pred = self.head(h, self.previous(targets))  # [n*B, T, C, S, S]
-            err = (pred.float() - targets.float()).pow(2).flatten(2).mean(-1)  # [n*B, T]
+            pred, err = self.predict_next(h, batch.targets.repeat(n, 1, 1, 1, 1))
             for p, p_pred, p_err in zip(passes, pred.chunk(n), err.chunk(n)):
                 p.pred, p.recon = p_pred, p_err
         if caption and batch.caption_ids is not None:
