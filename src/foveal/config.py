@@ -83,8 +83,11 @@ class SynthSpec:
     num_objects: int = 2  # objects named in the caption; the first is the target
     num_distractors: int = 1  # further objects, never named
     size_range: list[float] = field(default_factory=lambda: [0.12, 0.3])  # object side / frame side
+    target_size_range: list[float] | None = None  # the target's own range (e.g. small); null = size_range
     speed: float = 0.06  # frame sides per frame
+    other_speed: float | None = None  # every object but the target; 0 = only the target moves; null = speed
     textured_background: bool = False
+    target_on_top: bool = False  # paint the target last, so no other object ever hides it
     render_size: int = 0  # 0 = the model's frame size
 
 
@@ -107,7 +110,7 @@ class TrainConfig:
     objective: str = "recon"  # recon | caption | joint
     coarse_weight: float = 1.0  # loss = fine + coarse_weight * coarse; 0 reproduces the seed (fine only)
     recon_weight: float = 0.5  # joint: caption + recon_weight * recon
-    fine_iterations: int = 1
+    fine_iterations: int = 1  # 0 = coarse-only control: only the static-query pass exists and is trained
     fine_loss: str = "final"  # multi-fine: final | mean | progressive
     steps: int = 300
     minutes: float | None = None  # wall-clock budget; stops at whichever of steps/minutes comes first
@@ -305,15 +308,22 @@ def validate(cfg: RunConfig) -> None:
     if not (d.window == "clip" or d.window.startswith(("first:", "fps:"))):
         raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>'")
     _positive("data.frame_gap", d.frame_gap, 0)
-    lo, hi = (d.synthetic.size_range + [0, 0])[:2]
-    if not (0 < lo <= hi <= 1):
-        raise ConfigError(f"data.synthetic.size_range: need 0 < min <= max <= 1, got {d.synthetic.size_range}")
+    for key in ("size_range", "target_size_range"):
+        value = getattr(d.synthetic, key)
+        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+            raise ConfigError(f"data.synthetic.{key}: need [min, max] with 0 < min <= max <= 1, got {value}")
+    if d.synthetic.speed < 0 or (d.synthetic.other_speed or 0) < 0:
+        raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
     _positive("data.synthetic.num_objects", d.synthetic.num_objects)
     _one_of("train.objective", t.objective, ["recon", "caption", "joint"])
     _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
-    _positive("train.fine_iterations", t.fine_iterations)
+    _positive("train.fine_iterations", t.fine_iterations, 0)
+    if t.fine_iterations == 0 and t.coarse_weight == 0:
+        raise ConfigError(
+            "train.fine_iterations=0 (coarse-only) trains the coarse pass alone: set train.coarse_weight > 0"
+        )
     _positive("train.steps", t.steps)
     _positive("train.batch_size", t.batch_size)
     _positive("train.grad_accum", t.grad_accum)

@@ -199,6 +199,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
     caption = t.objective in ("caption", "joint")
     recon = t.objective in ("recon", "joint")
     kinds = [k for k, on in (("recon", recon), ("caption", caption)) if on]
+    paths = ("coarse", "fine") if t.fine_iterations else ("coarse",)  # fine_iterations 0: the coarse-only control
 
     opt, sched = make_optimizer(model, t, dist.device)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
@@ -262,7 +263,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         if t.minutes is not None and dist.any(elapsed0 + time.time() - t0 > t.minutes * 60):
             break
         ts = time.time()
-        sums = {f"{k}_{p}": 0.0 for k in kinds for p in ("coarse", "fine")}
+        sums = {f"{k}_{p}": 0.0 for k in kinds for p in paths}
         loss_sum, bad = 0.0, False
         for micro in range(t.grad_accum):
             idx = micro_batch(step * t.grad_accum + micro, len(train_set), t.batch_size, t.seed, dist.rank, dist.world)
@@ -277,7 +278,8 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             loss_sum += loss.item() / t.grad_accum
             for k in kinds:
                 sums[f"{k}_coarse"] += getattr(res.coarse, f"{k}_loss").item() / t.grad_accum
-                sums[f"{k}_fine"] += getattr(res.fine[-1], f"{k}_loss").item() / t.grad_accum
+                if res.fine:
+                    sums[f"{k}_fine"] += getattr(res.fine[-1], f"{k}_loss").item() / t.grad_accum
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         bad |= not torch.isfinite(grad_norm).item()
@@ -313,11 +315,12 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             **means,
         }
         for k in kinds:
-            ratio = means[f"{k}_coarse"] / max(means[f"{k}_fine"], 1e-12)
-            row[f"{k}_ratio"] = ratio
-            history["ratio"][k].append(ratio)
             history["coarse"][k].append(means[f"{k}_coarse"])
-            history["fine"][k].append(means[f"{k}_fine"])
+            if f"{k}_fine" in means:
+                ratio = means[f"{k}_coarse"] / max(means[f"{k}_fine"], 1e-12)
+                row[f"{k}_ratio"] = ratio
+                history["ratio"][k].append(ratio)
+                history["fine"][k].append(means[f"{k}_fine"])
         if t.eval_every and done % t.eval_every == 0 and done < t.steps and dist.main:
             ev = summarize(
                 evaluate(
@@ -331,15 +334,17 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
                     autocast=autocast_for(t.precision, dist.device),
                 )
             )
-            row.update({f"heldout_{k}_ratio": ev[k]["ratio"] for k in kinds})
+            row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in kinds})
         logger.log(row)
         bar.update(1)
-        bar.set_postfix({"loss": f"{loss_mean:.4g}", **{f"{k[:3]}_ratio": f"{row[f'{k}_ratio']:.4f}" for k in kinds}})
+        bar.set_postfix(
+            {"loss": f"{loss_mean:.4g}", **{f"{k[:3]}_ratio": f"{row.get(f'{k}_ratio', math.nan):.4f}" for k in kinds}}
+        )
         if done % t.ckpt_every == 0 and done < t.steps:
             checkpoint(done, loss_mean)
     bar.close()
-    fine_hist = history["fine"][kinds[0]]
-    checkpoint(done, fine_hist[-1] if fine_hist else None)
+    last_hist = history[paths[-1]][kinds[0]]
+    checkpoint(done, last_hist[-1] if last_hist else None)
 
     results = {}
     if dist.main:
@@ -373,7 +378,7 @@ def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinit
         "head": cfg.model.head,
         "objective": cfg.train.objective,
         "preset": cfg.preset,
-        "steps": len(ratios),
+        "steps": len(history["coarse"][primary]),
         "final_ratio": mean(ratios[last]),
         "ratio_above_1": mean([float(r > 1) for r in ratios]),
         "min_ratio": min(ratios, default=float("nan")),
@@ -383,6 +388,7 @@ def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinit
         "params": num_params(model.head),
         "heldout_ratio": heldout.get(primary, {}).get("ratio", float("nan")),
         "coarse_weight": cfg.train.coarse_weight,
+        "fine_iterations": cfg.train.fine_iterations,  # 0: the coarse-only control (no ratio)
         "seed": cfg.train.seed,
         "ratio_kind": primary,
         "nonfinite_steps": nonfinite,
