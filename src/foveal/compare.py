@@ -1,5 +1,12 @@
-"""`foveal compare`: train one model per prediction head under the same seed, data, order and budget, then write the
-seed-style table (summary.md / summary.json), each head's results.json and a chart of the ratios."""
+"""`foveal compare`: train one model per prediction head under the same data, order and budget (optionally several
+seeds, and a coarse-only control per head and seed), then write the held-out tables (summary.md / summary.json),
+each run's results.json and a chart.
+
+Every number in the tables is held-out. With one seed its interval is a 95% paired bootstrap over held-out clips;
+with N seeds it is the mean and the 95% Student-t interval of the N per-seed values. Controls in every table:
+copy-last and the h-ablation (evaluate.py); with `controls` a coarse-only model (train.fine_iterations=0: the static
+query only, same steps, clips and order) is trained as the fair baseline for the fine path.
+"""
 
 from __future__ import annotations
 
@@ -8,109 +15,263 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from .config import RunConfig, replace
+from .stats import mean_interval, paired_bootstrap_ratio
 from .train import train
 
-SUMMARY_KEYS = (
-    "head",
-    "steps",
-    "final_ratio",
-    "ratio_above_1",
-    "params",
-    "min_ratio",
-    "max_ratio",
-    "loss_fine",
-    "loss_coarse",
-    "heldout_ratio",
-    "coarse_weight",
-    "seed",
-)
+NAN = float("nan")
 
 
-def compare(cfg: RunConfig, heads: list[str], out_dir: str | Path, quiet: bool = False) -> list[dict]:
+def run_dir(out: Path, head: str, seed: int, seeds: int, coarse_only: bool = False) -> Path:
+    name = f"{head}-coarse-only" if coarse_only else head
+    return out / name if seeds == 1 else out / name / f"seed-{seed}"
+
+
+def _train(cfg: RunConfig, quiet: bool) -> tuple[dict, dict] | None:
+    t0 = time.time()
+    result = train(cfg, quiet=quiet)
+    if not result:  # a non-zero rank under torchrun: rank 0 writes the tables
+        return None
+    arrays = {k: v.numpy() for k, v in torch.load(Path(cfg.out_dir) / "heldout_losses.pt").items()}
+    if not quiet:
+        kind = result["ratio_kind"]
+        what = (
+            "coarse-only" if not result["fine_iterations"] else f"held-out {kind} ratio {result['heldout_ratio']:.4f}"
+        )
+        print(f"{cfg.model.head} seed {cfg.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
+    return result, arrays
+
+
+def compare(
+    cfg: RunConfig,
+    heads: list[str],
+    out_dir: str | Path,
+    quiet: bool = False,
+    seeds: int = 1,
+    controls: bool = False,
+) -> list[dict]:
+    """One aggregated row per head (see `aggregate`); runs land in out/<head>[/seed-<s>] and out/<head>-coarse-only."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for head in heads:
-        run = replace(cfg, model={"head": head}, out_dir=str(out / head))
-        t0 = time.time()
-        result = train(run, quiet=quiet)
-        if not result:  # a non-zero rank under torchrun: rank 0 writes the tables
-            continue
-        rows.append(result)
-        if not quiet:
-            print(
-                f"{head}: {result['steps']} steps in {time.time() - t0:.0f} s, "
-                f"final ratio {result['final_ratio']:.4f}, held-out {result['heldout_ratio']:.4f}"
-            )
+        runs, first = [], None
+        for seed in range(cfg.train.seed, cfg.train.seed + seeds):
+            run = replace(cfg, model={"head": head}, train={"seed": seed}, out_dir=str(run_dir(out, head, seed, seeds)))
+            main = _train(run, quiet)
+            if main is None:
+                continue
+            control = None
+            if controls:
+                only = replace(
+                    run,
+                    train={"fine_iterations": 0, "coarse_weight": cfg.train.coarse_weight or 1.0},
+                    out_dir=str(run_dir(out, head, seed, seeds, coarse_only=True)),
+                )
+                control = _train(only, quiet)
+            runs.append(run_metrics(*main, None if control is None else control[1], seed))
+            first = first or main[0]
+        if runs:
+            rows.append(aggregate(first, runs))
     if rows:
         write_summary(rows, cfg, out)
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# per-run metrics -> one row per head
+
+
+def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0) -> dict:
+    """name -> (value, ci_lo, ci_hi) for one trained model (CI nan where there is none), plus per-layer lists."""
+    held, m = result["heldout"], {"final_ratio": (result["final_ratio"], NAN, NAN)}
+    for kind in ("recon", "caption"):
+        s = held.get(kind, {})
+        if "ratio" in s:
+            m[f"{kind}_ratio"] = (s["ratio"], *s["ratio_ci"])
+            m[f"{kind}_fine_better"] = (s["fine_better_share"], NAN, NAN)
+        if "ratio_after_first" in s:
+            m[f"{kind}_ratio_after_first"] = (s["ratio_after_first"], *s["ratio_after_first_ci"])
+            m[f"{kind}_fine_better_after_first"] = (s["fine_better_share_after_first"], NAN, NAN)
+    c = held.get("controls", {})
+    if c:
+        m["copy_last"] = (c["copy_last"], NAN, NAN)
+        for path in ("coarse", "fine"):
+            if path in c:
+                m[f"loss_{path}"] = (c[path]["loss"], NAN, NAN)
+                for key in ("h_zero", "h_other"):
+                    d = c[path][f"{key}_minus_loss"]
+                    m[f"{key}_minus_{path}"] = (d["value"], *d["ci"])
+    a = held.get("attention", {})
+    layers = {}
+    if a:
+        m["attention_chance"] = (a["chance"], NAN, NAN)
+        for path in ("coarse", "fine"):
+            if path in a:
+                m[f"attention_{path}"] = (a[path]["mean"], NAN, NAN)
+                layers[path] = a[path]["per_layer"]
+        if "fine_minus_coarse" in a:
+            d = a["fine_minus_coarse"]
+            m["attention_fine_minus_coarse"] = (d["value"], *d["ci"])
+    if control is not None and "recon_fine" in arrays:  # the fair baseline: a model that only ever had q_static
+        only, fine = control["recon_coarse"][:, 1:].mean(1), arrays["recon_fine"][:, 1:].mean(1)
+        m["loss_coarse_only"] = (float(only.mean()), NAN, NAN)
+        m["recon_coarse_only_over_fine"] = paired_bootstrap_ratio(only, fine, seed=seed)
+    if control is not None and "caption_fine" in arrays:
+        m["caption_coarse_only_over_fine"] = paired_bootstrap_ratio(
+            control["caption_coarse"], arrays["caption_fine"], seed=seed
+        )
+    if control is not None and "attention_coarse" in control:
+        m["attention_coarse_only"] = (float(control["attention_coarse"][:, 1:].mean()), NAN, NAN)
+    return {"metrics": m, "layers": layers, "step_ratios": result["step_ratios"]}
+
+
+def aggregate(first: dict, runs: list[dict]) -> dict:
+    """Per metric: one run -> its value and bootstrap CI ("clips"); N runs -> mean and t-interval ("seeds")."""
+    metrics = {}
+    for name in runs[0]["metrics"]:
+        values = [r["metrics"][name] for r in runs if name in r["metrics"]]
+        if len(values) == 1:
+            v, lo, hi = values[0]
+            metrics[name] = {"value": v, "ci": [lo, hi], "over": "clips"}
+        else:
+            v, lo, hi = mean_interval([x[0] for x in values])
+            metrics[name] = {"value": v, "ci": [lo, hi], "over": "seeds", "values": [x[0] for x in values]}
+    layers = {
+        path: np.mean([r["layers"][path] for r in runs if path in r["layers"]], axis=0).tolist()
+        for path in runs[0]["layers"]
+    }
+    return {
+        "head": first["head"],
+        "objective": first["objective"],
+        "preset": first["preset"],
+        "steps": first["steps"],
+        "params": first["params"],
+        "coarse_weight": first["coarse_weight"],
+        "seeds": len(runs),
+        "clips": first["heldout"].get("clips", 0),
+        "metrics": metrics,
+        "attention_layers": layers,
+        "step_ratios": runs[0]["step_ratios"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tables
 
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+def _num(x: float, style: str) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return {"ratio": f"{x:.3f}", "loss": f"{x:.4f}", "diff": f"{x:+.4f}", "share": f"{100 * x:.0f}%"}[style]
 
 
-def _ci(stats: dict, key: str = "ratio_ci") -> str:
-    lo, hi = stats.get(key, [float("nan")] * 2)
-    return "" if math.isnan(lo) else f" [{lo:.3f}, {hi:.3f}]"
+def cell(row: dict, name: str, style: str = "ratio") -> str:
+    metric = row["metrics"].get(name)
+    if metric is None:
+        return "–"
+    lo, hi = metric["ci"]
+    text = _num(metric["value"], style)
+    return text if math.isnan(lo) else f"{text} [{_num(lo, style)}, {_num(hi, style)}]"
 
 
-def table(rows: list[dict]) -> str:
-    """The seed's table, one row per head; caption columns appear when the objective has a caption loss."""
-    has_caption = any("final_caption_ratio" in r or r.get("ratio_kind") == "caption" for r in rows)
-    joint = any("final_caption_ratio" in r for r in rows)
-    cols = ["Head Type", "Steps", "Final Ratio", "Ratio > 1.0", "Parameters", "Held-out Ratio"]
-    if joint:
-        cols += ["Caption Final Ratio", "Caption Held-out Ratio"]
-    cols.append("Notes")
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+# (column title, metric, style); a column no row has is left out
+RATIO_COLUMNS = [
+    ("Recon ratio", "recon_ratio", "ratio"),
+    ("Recon ratio, frames 1..T-1", "recon_ratio_after_first", "ratio"),
+    ("Fine better (clips, frames 1..T-1)", "recon_fine_better_after_first", "share"),
+    ("Coarse-only / fine (frames 1..T-1)", "recon_coarse_only_over_fine", "ratio"),
+    ("Caption ratio", "caption_ratio", "ratio"),
+    ("Fine better (clips, caption)", "caption_fine_better", "share"),
+    ("Caption coarse-only / fine", "caption_coarse_only_over_fine", "ratio"),
+    ("Train final ratio (last 100 steps)", "final_ratio", "ratio"),
+]
+CONTROL_COLUMNS = [
+    ("Fine", "loss_fine", "loss"),
+    ("Coarse", "loss_coarse", "loss"),
+    ("Coarse-only model", "loss_coarse_only", "loss"),
+    ("Copy-last", "copy_last", "loss"),
+    ("h=0 minus fine", "h_zero_minus_fine", "diff"),
+    ("h of another clip minus fine", "h_other_minus_fine", "diff"),
+    ("h=0 minus coarse", "h_zero_minus_coarse", "diff"),
+]
+ATTENTION_COLUMNS = [
+    ("Coarse query", "attention_coarse", "share"),
+    ("Fine query", "attention_fine", "share"),
+    ("Fine minus coarse", "attention_fine_minus_coarse", "diff"),
+    ("Coarse-only model", "attention_coarse_only", "share"),
+    ("Chance (uniform look)", "attention_chance", "share"),
+]
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]], extra=None) -> str:
+    columns = [c for c in columns if any(c[1] in r["metrics"] for r in rows)]
+    extra = extra or []
+    head = ["Objective", "Head", *(c[0] for c in columns), *(e[0] for e in extra)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        kind = r.get("ratio_kind", "recon")
-        held = r.get("heldout", {}).get(kind, {})
-        notes = [
-            f"{kind} ratio" if has_caption and not joint else "",
-            "fine loss only (seed protocol)" if r["coarse_weight"] == 0 else f"coarse_weight {r['coarse_weight']:g}",
-        ]
-        if r.get("nonfinite_steps"):
-            notes.append(f"{r['nonfinite_steps']} non-finite steps skipped")
-        cells = [
-            f"**{r['head']}**",
-            str(r["steps"]),
-            f"**{_fmt(r['final_ratio'])}**",
-            f"{100 * r['ratio_above_1']:.1f}%",
-            _fmt_params(r["params"]),
-            _fmt(r["heldout_ratio"]) + _ci(held),
-        ]
-        if joint:
-            cap = r.get("heldout", {}).get("caption", {})
-            cells += [_fmt(r.get("final_caption_ratio")), _fmt(r.get("heldout_caption_ratio")) + _ci(cap)]
-        cells.append("; ".join(n for n in notes if n))
+        cells = [r["objective"], f"**{r['head']}**", *(cell(r, name, style) for _, name, style in columns)]
+        cells += [fn(r) for _, fn in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
-    summary = [
-        {k: r[k] for k in SUMMARY_KEYS}
-        | {k: r[k] for k in r if k.startswith(("final_", "heldout_")) and k not in SUMMARY_KEYS and k != "heldout"}
-        for r in rows
+def tables(rows: list[dict]) -> str:
+    """The held-out ratio table, the controls table and (where there is ground truth) the attention table; a table
+    none of whose metrics exist (e.g. controls without a recon loss) is left out."""
+    has = lambda columns: any(name in r["metrics"] for r in rows for _, name, _ in columns)  # noqa: E731
+    layers = lambda r: " / ".join(f"{100 * v:.0f}" for v in r["attention_layers"].get("fine", [])) or "–"  # noqa: E731
+    info = [("Seeds", lambda r: str(r["seeds"])), ("Steps", lambda r: str(r["steps"])),
+            ("Head params", lambda r: _fmt_params(r["params"]))]  # fmt: skip
+    parts = [
+        "**Does looking where the model chose help?** ratio = loss_coarse / loss_fine on held-out clips (> 1: fine "
+        "beats coarse).\n\n" + markdown_table(rows, RATIO_COLUMNS, info)
     ]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if has(CONTROL_COLUMNS):
+        parts.append(
+            "**Controls** (held-out recon MSE, frames 1..T-1). h=0 / h of another clip: the trained head fed zeros "
+            "or another held-out clip's states instead of its own h (a difference near 0: h carries no information, "
+            "and no ratio can be read).\n\n" + markdown_table(rows, CONTROL_COLUMNS)
+        )
+    if has(ATTENTION_COLUMNS):
+        parts.append(
+            "**Where the queries look**: attention mass on the target's patches (ground truth), frames 1..T-1 (where "
+            "the fine query is the LLM's), mean over encoder layers and heads.\n\n"
+            + markdown_table(rows, ATTENTION_COLUMNS, [("Fine per layer (%)", layers)])
+        )
+    return "\n\n".join(parts)
+
+
+def interval_note(rows: list[dict]) -> str:
+    n, clips = max(r["seeds"] for r in rows), rows[0]["clips"]
+    if n == 1:
+        return (
+            f"One seed; [lo, hi] = 95% paired-bootstrap interval over {clips} held-out clips (clips never trained on)."
+        )
+    return (
+        f"{n} seeds per head (train.seed, +1, ...: init and order; same data); value = mean over seeds, [lo, hi] = "
+        f"95% Student-t interval across seeds. Held-out: {clips} clips never trained on."
+    )
+
+
+def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
+    (out / "summary.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k != "step_ratios"} for r in rows], indent=1)
+    )
     t = cfg.train
     header = (
         f"# foveal compare: {cfg.preset} preset, objective {t.objective}\n\n"
-        f"seed {t.seed}, {t.batch_size} x {t.grad_accum} clips per step, {cfg.data.num_frames} frames, "
-        f"coarse_weight {t.coarse_weight:g}, data {cfg.data.source}. Final Ratio = mean of the last 100 step ratios "
-        f"(coarse/fine, > 1: looking where the model chose helped); Held-out Ratio over "
-        f"{rows[0].get('heldout', {}).get('clips', 0)} clips never trained on, with a 95% paired-bootstrap CI.\n\n"
+        f"{t.batch_size} x {t.grad_accum} clips per step, {cfg.data.num_frames} frames, coarse_weight "
+        f"{t.coarse_weight:g}, data {cfg.data.source}. {interval_note(rows)}\n\n"
     )
-    (out / "summary.md").write_text(header + table(rows) + "\n")
+    (out / "summary.md").write_text(header + tables(rows) + "\n")
     plot_comparison(rows, out / "comparison.png")
 
 
@@ -120,38 +281,33 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    heads = [r["head"] for r in rows]
-    x = range(len(rows))
+    kind = "recon" if "recon_ratio" in rows[0]["metrics"] else "caption"
+    labels = [f"{r['head']}\n{r['objective']}" for r in rows]
+    x = np.arange(len(rows))
     fig, (ax_bar, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
-    train_r = [r["final_ratio"] for r in rows]
-    held = [r["heldout_ratio"] for r in rows]
-    kind = rows[0].get("ratio_kind", "recon")
-    err = [
-        [max(0.0, h - r.get("heldout", {}).get(kind, {}).get("ratio_ci", [h, h])[0]) for h, r in zip(held, rows)],
-        [max(0.0, r.get("heldout", {}).get(kind, {}).get("ratio_ci", [h, h])[1] - h) for h, r in zip(held, rows)],
-    ]
-    err = [[0.0 if math.isnan(v) else v for v in side] for side in err]
-    ax_bar.bar([i - 0.2 for i in x], train_r, width=0.4, label="final (train, last 100 steps)")
-    ax_bar.bar([i + 0.2 for i in x], held, width=0.4, yerr=err, capsize=3, label="held-out (95% CI)")
+    bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out (95% CI)")]
+    if kind == "recon":
+        bars.append(("recon_ratio_after_first", "held-out, frames 1..T-1"))
+    width = 0.8 / len(bars)
+    for i, (name, label) in enumerate(bars):
+        vals = np.array([r["metrics"].get(name, {}).get("value", NAN) for r in rows])
+        ci = np.array([r["metrics"].get(name, {}).get("ci", [NAN, NAN]) for r in rows])
+        err = np.nan_to_num(np.abs(ci.T - vals), nan=0.0)
+        ax_bar.bar(x + (i - (len(bars) - 1) / 2) * width, vals, width=width, yerr=err, capsize=3, label=label)
     ax_bar.axhline(1.0, color="k", lw=1, ls="--")
-    ax_bar.set_xticks(list(x), heads, rotation=20)
+    ax_bar.set_xticks(x, labels, fontsize=8)
     ax_bar.set_ylabel("ratio = loss_coarse / loss_fine")
-    lo = min(v for v in train_r + held if not math.isnan(v))
-    hi = max(v for v in train_r + held if not math.isnan(v))
-    pad = max(0.01, (hi - lo) * 0.3)
-    ax_bar.set_ylim(min(lo, 1.0) - pad, max(hi, 1.0) + pad)
+    ax_bar.set_ylim(auto=True)
     ax_bar.legend(fontsize=8)
     ax_bar.set_title("ratio per head (> 1: fine beats coarse)")
-    for r in rows:
-        ratios = r["step_ratios"][kind]
-        k = max(1, len(ratios) // 20)  # running mean keeps the curves readable
-        smooth = [
-            sum(ratios[max(0, i - k + 1) : i + 1]) / len(ratios[max(0, i - k + 1) : i + 1]) for i in range(len(ratios))
-        ]
-        ax_curve.plot(smooth, label=r["head"])
+    for r, label in zip(rows, labels):
+        ratios = np.asarray(r["step_ratios"].get(kind, []), dtype=float)
+        if len(ratios):
+            k = max(1, len(ratios) // 20)  # running mean keeps the curves readable
+            ax_curve.plot(np.convolve(ratios, np.ones(k) / k, mode="valid"), label=label.replace("\n", " "))
     ax_curve.axhline(1.0, color="k", lw=1, ls="--")
     ax_curve.set_xlabel("step")
-    ax_curve.set_title(f"{kind} ratio during training (running mean)")
+    ax_curve.set_title(f"{kind} ratio during training (running mean, first seed)")
     ax_curve.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
