@@ -12,7 +12,7 @@ from foveal.checkpoint import latest, load_checkpoint
 from foveal.compare import aggregate, compare, tables
 from foveal.config import load_config
 from foveal.data.dataset import Collator, build_datasets
-from foveal.evaluate import copy_last_error, evaluate, h_ablation, make_batch, summarize, target_mass
+from foveal.evaluate import attention_entropy, copy_last_error, evaluate, h_ablation, make_batch, summarize, target_mass
 from foveal.science import seed_claim, verdict
 
 
@@ -77,6 +77,13 @@ def test_target_mass_counts_only_target_patches():
     torch.testing.assert_close(mass[0, 1], torch.full((3,), 0.5))
 
 
+def test_attention_entropy_is_one_when_uniform_and_zero_when_peaked():
+    weights = torch.full((4, 1, 2, 3, 5), 0.2)  # [B*T=4, 1, L, heads, P]: uniform
+    weights[2:] = torch.nn.functional.one_hot(torch.tensor(1), 5).float()  # frames of the second clip: one token
+    ent = attention_entropy(weights, frames=2)
+    torch.testing.assert_close(ent, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
 def test_evaluate_reports_attention_on_the_target(where):
     model, collator, heldout, targets = where
     arrays = evaluate(model, heldout, targets, collator, recon=True, caption=False)
@@ -84,6 +91,7 @@ def test_evaluate_reports_attention_on_the_target(where):
     assert ((arrays["attention_fine"] >= 0) & (arrays["attention_fine"] <= 1)).all()
     chance = np.stack([heldout.target_patches(i, 8).float().numpy().sum(1) / 65 for i in range(6)])
     np.testing.assert_allclose(arrays["attention_chance"], chance, rtol=1e-6)
+    assert ((arrays["attention_fine_entropy"] > 0) & (arrays["attention_fine_entropy"] <= 1 + 1e-6)).all()
     s = summarize(arrays)
     assert set(s["controls"]) == {"copy_last", "coarse", "fine"}
     assert s["attention"]["fine"]["mean"] == pytest.approx(arrays["attention_fine"][:, 1:].mean(), rel=1e-5)

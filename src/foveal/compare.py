@@ -107,12 +107,14 @@ def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0)
                     m[f"{key}_minus_{path}"] = (d["value"], *d["ci"])
     a = held.get("attention", {})
     layers = {}
-    if a:
+    if "chance" in a:
         m["attention_chance"] = (a["chance"], NAN, NAN)
-        for path in ("coarse", "fine"):
-            if path in a:
-                m[f"attention_{path}"] = (a[path]["mean"], NAN, NAN)
-                layers[path] = a[path]["per_layer"]
+    for path in ("coarse", "fine"):
+        if path in a:
+            m[f"entropy_{path}"] = (a[path]["entropy"], NAN, NAN)
+        if "mean" in a.get(path, {}):
+            m[f"attention_{path}"] = (a[path]["mean"], NAN, NAN)
+            layers[path] = a[path]["per_layer"]
         if "fine_minus_coarse" in a:
             d = a["fine_minus_coarse"]
             m["attention_fine_minus_coarse"] = (d["value"], *d["ci"])
@@ -126,6 +128,8 @@ def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0)
         )
     if control is not None and "attention_coarse" in control:
         m["attention_coarse_only"] = (float(control["attention_coarse"][:, 1:].mean()), NAN, NAN)
+    if control is not None and "attention_coarse_entropy" in control:
+        m["entropy_coarse_only"] = (float(control["attention_coarse_entropy"][:, 1:].mean()), NAN, NAN)
     return {"metrics": m, "layers": layers, "step_ratios": result["step_ratios"]}
 
 
@@ -208,6 +212,9 @@ ATTENTION_COLUMNS = [
     ("Fine minus coarse", "attention_fine_minus_coarse", "diff"),
     ("Coarse-only model", "attention_coarse_only", "share"),
     ("Chance (uniform look)", "attention_chance", "share"),
+    ("Entropy coarse", "entropy_coarse", "ratio"),
+    ("Entropy fine", "entropy_fine", "ratio"),
+    ("Entropy coarse-only", "entropy_coarse_only", "ratio"),
 ]
 
 
@@ -242,8 +249,9 @@ def tables(rows: list[dict]) -> str:
         )
     if has(ATTENTION_COLUMNS):
         parts.append(
-            "**Where the queries look**: attention mass on the target's patches (ground truth), frames 1..T-1 (where "
-            "the fine query is the LLM's), mean over encoder layers and heads.\n\n"
+            "**Where the queries look** (frames 1..T-1, where the fine query is the LLM's; mean over encoder layers "
+            "and heads): attention mass on the target's patches (ground truth, where the data has it) and the "
+            "attention's entropy / ln P (1.000 = uniform: the query cannot look anywhere).\n\n"
             + markdown_table(rows, ATTENTION_COLUMNS, [("Fine per layer (%)", layers)])
         )
     return "\n\n".join(parts)

@@ -31,6 +31,9 @@ class DinoSpec:
     num_heads: int = 6
     patch_size: int = 14
     image_size: int = 518  # position-embedding grid (37x37 for ViT-S/14); HF interpolates it to frame_size
+    init_std: float = 0.02  # "random" weights' std (HF default 0.02; small models then attend ~uniformly, whatever
+    #                         the query: nothing can look anywhere. configs/where.yaml raises it so that attention is
+    #                         as peaked as a trained ViT's)
     freeze: bool = True
 
 
@@ -294,6 +297,8 @@ def validate(cfg: RunConfig) -> None:
     vae_factor = 2 ** (len(m.vae.block_out_channels) - 1)
     if m.target == "vae" and m.frame_size % vae_factor:
         raise ConfigError(f"model.frame_size: {m.frame_size} is not divisible by the VAE downsampling {vae_factor}")
+    if m.dino.init_std <= 0:
+        raise ConfigError(f"model.dino.init_std: must be > 0, got {m.dino.init_std}")
     if m.dino.hidden_size % m.dino.num_heads:
         raise ConfigError("model.dino.hidden_size must be divisible by model.dino.num_heads")
     if m.llm.num_heads % m.llm.num_kv_heads or m.llm.hidden_size % m.llm.num_heads:

@@ -4,11 +4,14 @@ Controls (recon), so that a ratio can be read at all:
   copy-last   each frame predicted as the previous frame's target: the loss of knowing nothing about motion;
   h-ablation  the trained head fed zeros, or another clip's states, instead of h: if the loss does not rise, h
               carries no information and coarse/fine (which differ only in h) cannot differ in any useful way;
-  attention   where the dataset has ground truth (synthetic), the mass each query puts on the target's patches.
+  attention   the entropy of each query's attention (1 = uniform: the query cannot look anywhere) and, where the
+              dataset has ground truth (synthetic), the mass each query puts on the target's patches.
 The coarse-only control is a separately trained model (train.fine_iterations=0); `compare` pairs it with these arrays.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -43,6 +46,13 @@ def target_mass(weights: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     return mass.view(b, t, -1)
 
 
+def attention_entropy(weights: torch.Tensor, frames: int) -> torch.Tensor:
+    """Attention [B*T, 1, L, heads, P] -> [B, T]: entropy over the P tokens / ln P, mean over layers and heads."""
+    w = weights[:, 0].float()
+    ent = -(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(w.shape[-1])  # [B*T, L, heads]
+    return ent.mean((1, 2)).view(-1, frames)
+
+
 @torch.no_grad()
 def evaluate(
     model: FoveatedVLM,
@@ -62,7 +72,8 @@ def evaluate(
     coarse-only model), autoregressive when asked.
       recon_<path> [N, T], caption_<path> [N] (mean token CE)
       recon_copy_last [N, T-1]; recon_<path>_h_zero, recon_<path>_h_other [N, T] (h of the previous held-out clip)
-      attention_<path> [N, T, L] target mass, attention_chance [N, T] (a uniform look's), if the data has ground truth
+      attention_<path>_entropy [N, T]; if the data has ground truth: attention_<path> [N, T, L] target mass,
+      attention_chance [N, T] (a uniform look's)
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -77,9 +88,7 @@ def evaluate(
         raw = collator([dataset[i] for i in idx])
         batch = make_batch(raw, None if targets is None else targets[idx], device, caption)
         with autocast or torch.autocast(device.type, enabled=False):
-            res = model(
-                batch, recon=recon, caption=caption, fine_iterations=fine_iterations, return_attention=ground_truth
-            )
+            res = model(batch, recon=recon, caption=caption, fine_iterations=fine_iterations, return_attention=True)
             paths = {"coarse": res.coarse} | ({"fine": res.fine[-1]} if res.fine else {})
             if recon and batch.targets is not None:
                 for name, p in paths.items():
@@ -94,6 +103,11 @@ def evaluate(
                 add(f"recon_{name}", p.recon)
             if p.caption_sum is not None:
                 add(f"caption_{name}", p.caption_sum / p.caption_count)
+        for name in ("coarse", "fine"):
+            if name in paths:
+                add(
+                    f"attention_{name}_entropy", attention_entropy(paths[name].attention.weights, len(raw["frames"][0]))
+                )
         if ground_truth:
             on_target = torch.stack([dataset.target_patches(i, patch) for i in idx]).to(device)  # [B, T, G*G]
             for name in ("coarse", "fine"):
@@ -157,7 +171,7 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
         summary[kind] = s
     if "recon_copy_last" in arrays:
         summary["controls"] = controls(arrays, seed)
-    if "attention_coarse" in arrays:
+    if "attention_coarse_entropy" in arrays:
         summary["attention"] = attention_summary(arrays, seed)
     return summary
 
@@ -181,15 +195,19 @@ def controls(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
 
 
 def attention_summary(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
-    """Target attention mass over frames 1..T-1 (where the fine query is the LLM's): per layer, mean, and the paired
-    fine-minus-coarse difference per clip."""
-    a: dict = {"chance": float(arrays["attention_chance"][:, 1:].mean())}
+    """Frames 1..T-1 (where the fine query is the LLM's): each query's attention entropy (/ ln P) and, with ground
+    truth, its target mass per layer, mean, and the paired fine-minus-coarse difference per clip."""
+    a: dict = {}
+    if "attention_chance" in arrays:
+        a["chance"] = float(arrays["attention_chance"][:, 1:].mean())
     per_clip = {}
     for path in ("coarse", "fine"):
-        key = f"attention_{path}"
-        if key in arrays:
-            mass = arrays[key][:, 1:]  # [N, T-1, L]
-            a[path] = {"per_layer": mass.mean((0, 1)).tolist(), "mean": float(mass.mean())}
+        if f"attention_{path}_entropy" not in arrays:
+            continue
+        a[path] = {"entropy": float(arrays[f"attention_{path}_entropy"][:, 1:].mean())}
+        if f"attention_{path}" in arrays:
+            mass = arrays[f"attention_{path}"][:, 1:]  # [N, T-1, L]
+            a[path] |= {"per_layer": mass.mean((0, 1)).tolist(), "mean": float(mass.mean())}
             per_clip[path] = mass.mean((1, 2))
     if len(per_clip) == 2:
         a["fine_minus_coarse"] = _ci(paired_bootstrap_diff, per_clip["fine"], per_clip["coarse"], seed)
