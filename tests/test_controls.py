@@ -42,6 +42,25 @@ def test_copy_last_equals_the_hand_computed_mse(where):
     assert arrays["recon_coarse"].shape == arrays["recon_fine_h_zero"].shape == (6, 4)
 
 
+def test_caption_video_control_swaps_only_the_frames(where):
+    """The other-video caption control scores each clip's own caption after the previous clip's frames: with every
+    clip showing the same video it equals the normal loss exactly; with different videos it does not."""
+    model, collator, heldout, targets = where
+
+    class SameVideo:  # every clip shows clip 0's frames, with its own caption
+        def __len__(self):
+            return len(heldout)
+
+        def __getitem__(self, i):
+            return heldout[i] | {"frames": heldout[0]["frames"]}
+
+    same = evaluate(model, SameVideo(), None, collator, recon=False, caption=True, batch_size=4)
+    np.testing.assert_allclose(same["caption_fine_video_other"], same["caption_fine"], rtol=1e-5)
+    real = evaluate(model, heldout, None, collator, recon=False, caption=True, batch_size=4)
+    assert np.abs(real["caption_fine_video_other"] - real["caption_fine"]).max() > 1e-6
+    assert "video_other_minus_fine" in summarize(real)["caption"]
+
+
 def test_h_ablation_changes_h_only(where):
     model, collator, heldout, targets = where
     raw = collator([heldout[i] for i in range(3)])

@@ -93,6 +93,10 @@ def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0)
         if "ratio" in s:
             m[f"{kind}_ratio"] = (s["ratio"], *s["ratio_ci"])
             m[f"{kind}_fine_better"] = (s["fine_better_share"], NAN, NAN)
+        for path in ("coarse", "fine"):
+            if f"video_other_minus_{path}" in s:
+                d = s[f"video_other_minus_{path}"]
+                m[f"caption_video_other_minus_{path}"] = (d["value"], *d["ci"])
         if "ratio_after_first" in s:
             m[f"{kind}_ratio_after_first"] = (s["ratio_after_first"], *s["ratio_after_first_ci"])
             m[f"{kind}_fine_better_after_first"] = (s["fine_better_share_after_first"], NAN, NAN)
@@ -205,6 +209,8 @@ CONTROL_COLUMNS = [
     ("h=0 minus fine", "h_zero_minus_fine", "diff"),
     ("h of another clip minus fine", "h_other_minus_fine", "diff"),
     ("h=0 minus coarse", "h_zero_minus_coarse", "diff"),
+    ("Caption CE, other clip's video minus fine", "caption_video_other_minus_fine", "diff"),
+    ("Caption CE, other clip's video minus coarse", "caption_video_other_minus_coarse", "diff"),
 ]
 ATTENTION_COLUMNS = [
     ("Coarse query", "attention_coarse", "share"),
@@ -243,9 +249,10 @@ def tables(rows: list[dict]) -> str:
     ]
     if has(CONTROL_COLUMNS):
         parts.append(
-            "**Controls** (held-out recon MSE, frames 1..T-1). h=0 / h of another clip: the trained head fed zeros "
-            "or another held-out clip's states instead of its own h (a difference near 0: h carries no information, "
-            "and no ratio can be read).\n\n" + markdown_table(rows, CONTROL_COLUMNS)
+            "**Controls** (held-out recon MSE, frames 1..T-1; caption CE per token). h=0 / h of another clip: the "
+            "trained head fed zeros or another held-out clip's states instead of its own h; other clip's video: each "
+            "caption scored after another clip's frames. A difference near 0 means the loss ignores the video, and "
+            "no ratio can be read.\n\n" + markdown_table(rows, CONTROL_COLUMNS)
         )
     if has(ATTENTION_COLUMNS):
         parts.append(

@@ -4,6 +4,8 @@ Controls (recon), so that a ratio can be read at all:
   copy-last   each frame predicted as the previous frame's target: the loss of knowing nothing about motion;
   h-ablation  the trained head fed zeros, or another clip's states, instead of h: if the loss does not rise, h
               carries no information and coarse/fine (which differ only in h) cannot differ in any useful way;
+  other video (caption) each caption scored after another clip's frames: if its loss does not rise, the caption
+              ignores the video and a caption ratio says nothing about where the model looked;
   attention   the entropy of each query's attention (1 = uniform: the query cannot look anywhere) and, where the
               dataset has ground truth (synthetic), the mass each query puts on the target's patches.
 The coarse-only control is a separately trained model (train.fine_iterations=0); `compare` pairs it with these arrays.
@@ -72,6 +74,7 @@ def evaluate(
     coarse-only model), autoregressive when asked.
       recon_<path> [N, T], caption_<path> [N] (mean token CE)
       recon_copy_last [N, T-1]; recon_<path>_h_zero, recon_<path>_h_other [N, T] (h of the previous held-out clip)
+      caption_<path>_video_other [N] (the caption after the previous held-out clip's frames)
       attention_<path>_entropy [N, T]; if the data has ground truth: attention_<path> [N, T, L] target mass,
       attention_chance [N, T] (a uniform look's)
     """
@@ -83,6 +86,7 @@ def evaluate(
     out: dict[str, list] = {}
     add = lambda key, x: out.setdefault(key, []).append(x.float().cpu())  # noqa: E731
     last_h: dict[str, torch.Tensor] = {}  # each path's h of the previous batch's last clip
+    last_frames = None  # and its frames
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
         raw = collator([dataset[i] for i in idx])
@@ -96,6 +100,14 @@ def evaluate(
                         add(f"recon_{name}_{kind}", err)
                     last_h[name] = p.hidden[-1:, : batch.targets.shape[1]]
                 add("recon_copy_last", copy_last_error(batch.targets))
+            if caption and batch.caption_ids is not None:  # the same captions after the previous clip's frames
+                first = batch.frames[-1:] if last_frames is None else last_frames
+                swapped = Batch(torch.cat([first, batch.frames[:-1]]), None, batch.caption_ids, batch.caption_mask)
+                other = model(swapped, recon=False, caption=True, fine_iterations=fine_iterations)
+                for name, p in {"coarse": other.coarse, "fine": other.fine[-1] if other.fine else None}.items():
+                    if p is not None:
+                        add(f"caption_{name}_video_other", p.caption_sum / p.caption_count)
+                last_frames = batch.frames[-1:]
             if autoregressive and res.fine:
                 paths["autoregressive"] = model.forward_autoregressive(batch, recon=recon, caption=caption)
         for name, p in paths.items():
@@ -103,17 +115,16 @@ def evaluate(
                 add(f"recon_{name}", p.recon)
             if p.caption_sum is not None:
                 add(f"caption_{name}", p.caption_sum / p.caption_count)
-        for name in ("coarse", "fine"):
-            if name in paths:
-                add(
-                    f"attention_{name}_entropy", attention_entropy(paths[name].attention.weights, len(raw["frames"][0]))
-                )
+        on_target = None
         if ground_truth:
             on_target = torch.stack([dataset.target_patches(i, patch) for i in idx]).to(device)  # [B, T, G*G]
-            for name in ("coarse", "fine"):
-                if name in paths:
-                    add(f"attention_{name}", target_mass(paths[name].attention.weights, on_target))
             add("attention_chance", on_target.float().sum(-1) / (on_target.shape[-1] + 1))  # +1: CLS
+        for name in ("coarse", "fine"):
+            if name in paths:
+                weights = paths[name].attention.weights
+                add(f"attention_{name}_entropy", attention_entropy(weights, batch.frames.shape[1]))
+                if on_target is not None:
+                    add(f"attention_{name}", target_mass(weights, on_target))
     model.train(was_training)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
 
@@ -171,6 +182,10 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
         summary[kind] = s
     if "recon_copy_last" in arrays:
         summary["controls"] = controls(arrays, seed)
+    for path in ("coarse", "fine"):
+        if f"caption_{path}_video_other" in arrays:
+            other, own = arrays[f"caption_{path}_video_other"], arrays[f"caption_{path}"]
+            summary["caption"][f"video_other_minus_{path}"] = _ci(paired_bootstrap_diff, other, own, seed)
     if "attention_coarse_entropy" in arrays:
         summary["attention"] = attention_summary(arrays, seed)
     return summary

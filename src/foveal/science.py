@@ -42,19 +42,27 @@ def _show(metric: dict | None, diff: bool = False) -> str:
     return f" ({f(metric['value'])}" + ("" if math.isnan(lo) else f" [{f(lo)}, {f(hi)}]") + ")"
 
 
+# (question, metric, kind): a ratio answers yes above 1, a difference above 0
+CHECKS = [
+    ("fine beats coarse (recon, frames 1..T-1)", "recon_ratio_after_first", "ratio"),
+    ("fine beats the coarse-only model (recon, frames 1..T-1)", "recon_coarse_only_over_fine", "ratio"),
+    ("fine beats coarse (caption)", "caption_ratio", "ratio"),
+    ("fine beats the coarse-only model (caption)", "caption_coarse_only_over_fine", "ratio"),
+    ("the fine query looks at the target more than the coarse one", "attention_fine_minus_coarse", "diff"),
+    ("h carries clip-specific information (another clip's h raises the fine loss)", "h_other_minus_fine", "diff"),
+    ("the caption uses the video (another clip's video raises the fine CE)", "caption_video_other_minus_fine", "diff"),
+]
+
+
 def verdicts(rows: list[dict]) -> str:
     lines = []
     for r in rows:
-        m = r["metrics"].get
-        checks = [
-            ("fine beats coarse (recon, frames 1..T-1)", m("recon_ratio_after_first"), False, 1.0),
-            ("fine beats the coarse-only model (recon, frames 1..T-1)", m("recon_coarse_only_over_fine"), False, 1.0),
-            ("fine beats coarse (caption)", m("caption_ratio"), False, 1.0),
-            ("fine beats the coarse-only model (caption)", m("caption_coarse_only_over_fine"), False, 1.0),
-            ("the fine query looks at the target more than the coarse one", m("attention_fine_minus_coarse"), True, 0),
-            ("h carries information (h=0 raises the fine loss)", m("h_zero_minus_fine"), True, 0.0),
-        ]
-        parts = [f"{name}: {verdict(x, t)}{_show(x, diff)}" for name, x, diff, t in checks if x is not None]
+        parts = []
+        for question, name, kind in CHECKS:
+            x = r["metrics"].get(name)
+            if x is not None:
+                diff = kind == "diff"
+                parts.append(f"{question}: {verdict(x, 0.0 if diff else 1.0)}{_show(x, diff)}")
         lines.append(f"- **{r['objective']} / {r['head']}**: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
