@@ -25,7 +25,7 @@ def test_single_object_mask_covers_exactly_its_pixels():
         )
 
 
-def test_where_preset_target_is_small_visible_named_and_the_only_mover():
+def test_where_preset_target_is_visible_named_and_the_only_mover():
     cfg = load_config("where", overrides=["data.num_frames=6"])
     spec = cfg.data.synthetic
     clips = SyntheticClips(cfg.data, cfg.model.frame_size, 8)
@@ -37,7 +37,8 @@ def test_where_preset_target_is_small_visible_named_and_the_only_mover():
         named = clip.caption.split()[2]
         assert (colour == COLOURS[named]).all() and clip.caption.startswith("the ")
         side = clip.boxes[0, 0, 2] - clip.boxes[0, 0, 0]
-        assert spec.target_size_range[0] * 64 <= side <= spec.target_size_range[1] * 64
+        lo, hi = spec.target_size_range or spec.size_range
+        assert lo * 64 <= side <= hi * 64
         others = clip.boxes[:, 1:]
         assert np.allclose(others, others[:1]), "distractors stand still"
         assert not np.allclose(clip.boxes[:, 0], clip.boxes[:1, 0]), "the target moves"

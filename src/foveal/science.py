@@ -117,8 +117,8 @@ def bench_science(
     header = (
         f"# foveal bench-science: {cfg.preset} preset\n\n"
         f"Synthetic where-to-look clips: {cfg.model.frame_size} px, {cfg.data.num_frames} frames, the target (named "
-        f"in the caption) sized {s.target_size_range or s.size_range} of the frame and moving at {s.speed:g} "
-        f"frame/frame, {s.num_distractors} distractors (speed {other:g}), "
+        f"in the caption) sized {s.target_size_range or s.size_range} of the frame side and moving {s.speed:g} "
+        f"frame sides per frame, {s.num_distractors} distractors (speed {other:g}), "
         f"textured background {s.textured_background}. {cfg.train.steps} steps of {cfg.train.batch_size} x "
         f"{cfg.train.grad_accum} clips per model, both paths trained (coarse_weight {cfg.train.coarse_weight:g}); "
         f"coarse-only = the same model with the static query only (train.fine_iterations=0), same steps and clips. "
