@@ -167,7 +167,11 @@ def test_seed_claim_is_read_off_the_intervals():
 
     assert "**confirmed**" in seed_claim([row("recon", 0.99, 1.01), row("joint", 1.10, 1.20)])
     assert "**refuted**" in seed_claim([row("recon", 1.05, 1.10), row("joint", 0.99, 1.01)])
-    assert "**partly confirmed**" in seed_claim([row("recon", 0.99, 1.01), row("joint", 1.00, 1.20)])
+    not_joint = seed_claim([row("recon", 0.99, 1.01), row("joint", 1.00, 1.20)])
+    assert "**not confirmed: joint training" in not_joint and "vacuously" not in not_joint
+    blind = row("recon", 0.99, 1.01)
+    blind["metrics"]["h_other_minus_fine"] = {"value": 0.0, "ci": [-1e-4, 1e-4]}  # the head ignores h
+    assert "vacuously" in seed_claim([blind, row("joint", 1.10, 1.20)])
     assert verdict({"value": 1.1, "ci": [1.05, 1.15]}) == "yes"
     assert verdict({"value": 0.9, "ci": [0.85, 0.95]}).startswith("no")
     assert verdict({"value": 1.0, "ci": [0.95, 1.05]}).startswith("not resolved")

@@ -67,7 +67,7 @@ def cmd_compare(args) -> None:
 
     heads = _heads(args.heads) if args.heads else list(HEADS)
     cfg = config_from_args(args, out_dir=args.out)
-    rows = compare(cfg, heads, args.out, quiet=args.quiet, seeds=args.seeds, controls=args.controls)
+    rows = compare(cfg, heads, args.out, args.quiet, args.seeds, args.controls, args.summarize_only)
     if rows:
         print(Path(args.out, "summary.md").read_text())
         print(f"wrote {args.out}/summary.md, summary.json, comparison.png and <head>/results.json")
@@ -90,7 +90,7 @@ def cmd_bench_science(args) -> None:
             raise ConfigError(f"--objectives: unknown objective {o!r}; choose from recon, caption, joint")
     args.preset = args.preset or "where"
     cfg = config_from_args(args, out_dir=args.out)
-    rows = bench_science(cfg, _heads(args.heads), objectives, args.out, seeds=args.seeds, quiet=args.quiet)
+    rows = bench_science(cfg, _heads(args.heads), objectives, args.out, args.seeds, args.quiet, args.summarize_only)
     if rows:
         print(Path(args.out, "summary.md").read_text())
         print(f"wrote {args.out}/summary.md, summary.json and <objective>/<head>[-coarse-only]/results.json")
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--seeds", type=_at_least_1, default=1, help="train each head N times (seed, seed+1, ...)")
     p.add_argument("--controls", action="store_true", help="also train a coarse-only model per head (fair baseline)")
+    p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the tables from --out")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objectives", default="recon,joint", help="comma-separated (default recon,joint)")
     p.add_argument("--seeds", type=_at_least_1, default=1, help="train each model N times (seed, seed+1, ...)")
     p.add_argument("--out", default="runs/bench-science", help="output folder")
+    p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the summary from --out")
     p.set_defaults(func=cmd_bench_science)
 
     p = sub.add_parser("train", help="train one model; writes a run folder")

@@ -30,19 +30,12 @@ def run_dir(out: Path, head: str, seed: int, seeds: int, coarse_only: bool = Fal
     return out / name if seeds == 1 else out / name / f"seed-{seed}"
 
 
-def _train(cfg: RunConfig, quiet: bool) -> tuple[dict, dict] | None:
-    t0 = time.time()
-    result = train(cfg, quiet=quiet)
-    if not result:  # a non-zero rank under torchrun: rank 0 writes the tables
-        return None
-    arrays = {k: v.numpy() for k, v in torch.load(Path(cfg.out_dir) / "heldout_losses.pt").items()}
-    if not quiet:
-        kind = result["ratio_kind"]
-        what = (
-            "coarse-only" if not result["fine_iterations"] else f"held-out {kind} ratio {result['heldout_ratio']:.4f}"
-        )
-        print(f"{cfg.model.head} seed {cfg.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
-    return result, arrays
+def load_run(folder: Path) -> tuple[dict, dict]:
+    """A finished run folder -> (results.json, held-out arrays)."""
+    if not (folder / "results.json").exists():
+        raise FileNotFoundError(f"{folder} has no results.json: train it first (drop --summarize-only)")
+    arrays = {k: v.numpy() for k, v in torch.load(folder / "heldout_losses.pt").items()}
+    return json.loads((folder / "results.json").read_text()), arrays
 
 
 def compare(
@@ -52,32 +45,43 @@ def compare(
     quiet: bool = False,
     seeds: int = 1,
     controls: bool = False,
+    summarize_only: bool = False,
 ) -> list[dict]:
-    """One aggregated row per head (see `aggregate`); runs land in out/<head>[/seed-<s>] and out/<head>-coarse-only."""
+    """Train every head (`seeds` times; with `controls` also a coarse-only model per head and seed), then one
+    aggregated row per head read back from the run folders: out/<head>[/seed-<s>], out/<head>-coarse-only[/...].
+    summarize_only: train nothing, rebuild the tables from the folders already there."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    seed_list = range(cfg.train.seed, cfg.train.seed + seeds)
+    for head in heads if not summarize_only else []:
+        for seed in seed_list:
+            run = replace(cfg, model={"head": head}, train={"seed": seed}, out_dir=str(run_dir(out, head, seed, seeds)))
+            only = replace(
+                run,
+                train={"fine_iterations": 0, "coarse_weight": cfg.train.coarse_weight or 1.0},
+                out_dir=str(run_dir(out, head, seed, seeds, coarse_only=True)),
+            )
+            for r in [run, only] if controls else [run]:
+                t0 = time.time()
+                result = train(r, quiet=quiet)
+                if not result:  # a non-zero rank under torchrun: rank 0 writes the tables
+                    return []
+                if not quiet:
+                    what = (
+                        "coarse-only"
+                        if not result["fine_iterations"]
+                        else f"held-out ratio {result['heldout_ratio']:.4f}"
+                    )
+                    print(f"{head} seed {seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
     rows = []
     for head in heads:
-        runs, first = [], None
-        for seed in range(cfg.train.seed, cfg.train.seed + seeds):
-            run = replace(cfg, model={"head": head}, train={"seed": seed}, out_dir=str(run_dir(out, head, seed, seeds)))
-            main = _train(run, quiet)
-            if main is None:
-                continue
-            control = None
-            if controls:
-                only = replace(
-                    run,
-                    train={"fine_iterations": 0, "coarse_weight": cfg.train.coarse_weight or 1.0},
-                    out_dir=str(run_dir(out, head, seed, seeds, coarse_only=True)),
-                )
-                control = _train(only, quiet)
-            runs.append(run_metrics(*main, None if control is None else control[1], seed))
-            first = first or main[0]
-        if runs:
-            rows.append(aggregate(first, runs))
-    if rows:
-        write_summary(rows, cfg, out)
+        runs = []
+        for seed in seed_list:
+            result, arrays = load_run(run_dir(out, head, seed, seeds))
+            control = load_run(run_dir(out, head, seed, seeds, coarse_only=True))[1] if controls else None
+            runs.append(run_metrics(result, arrays, control, seed) | {"result": result})
+        rows.append(aggregate(runs[0]["result"], runs))
+    write_summary(rows, cfg, out)
     return rows
 
 

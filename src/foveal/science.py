@@ -72,25 +72,38 @@ def verdicts(rows: list[dict]) -> str:
 BAND = (0.98, 1.02)
 
 
+OUTCOMES = {
+    (True, True): "confirmed",
+    (True, False): "not confirmed: joint training did not make the fine path beat the coarse one",
+    (False, True): "not confirmed: recon-only training already separates the paths",
+    (False, False): "refuted",
+}
+
+
 def seed_claim(rows: list[dict]) -> str:
     """The seed's claim, per head, on the recon ratio over frames 1..T-1 (the loss both objectives share):
-    recon-only ~1.00 (interval inside BAND) and joint > 1 (interval above BAND's top)."""
+    recon-only ~1.00 (interval inside BAND) and joint > 1 (interval above BAND's top). A ~1.00 whose model ignores h
+    (another clip's h leaves the loss unchanged) is flagged as vacuous: the paths could not have differed."""
     lines = []
     for head in dict.fromkeys(r["head"] for r in rows):
-        by = {r["objective"]: r["metrics"].get("recon_ratio_after_first") for r in rows if r["head"] == head}
-        if by.get("recon") is None or by.get("joint") is None:
+        runs = {r["objective"]: r["metrics"] for r in rows if r["head"] == head}
+        if "recon_ratio_after_first" not in runs.get("recon", {}) or "recon_ratio_after_first" not in runs.get(
+            "joint", {}
+        ):
             continue
-        recon_ok = BAND[0] <= by["recon"]["ci"][0] and by["recon"]["ci"][1] <= BAND[1]
-        joint_ok = by["joint"]["ci"][0] > BAND[1]
-        caption = next(
-            r["metrics"].get("caption_ratio") for r in rows if (r["head"], r["objective"]) == (head, "joint")
-        )
-        outcome = {(True, True): "confirmed", (False, False): "refuted"}.get((recon_ok, joint_ok), "partly confirmed")
+        recon, joint = runs["recon"]["recon_ratio_after_first"], runs["joint"]["recon_ratio_after_first"]
+        recon_ok = BAND[0] <= recon["ci"][0] and recon["ci"][1] <= BAND[1]
+        joint_ok = joint["ci"][0] > BAND[1]
+        h_used = runs["recon"].get("h_other_minus_fine")
+        vacuous = recon_ok and h_used is not None and verdict(h_used, 0.0) != "yes"
+        caption = runs["joint"].get("caption_ratio")
         lines.append(
             f"- **{head}**: recon-only ratio ~1.00 (interval inside [{BAND[0]}, {BAND[1]}])? "
-            f"{'yes' if recon_ok else 'no'}{_show(by['recon'])}; joint ratio above {BAND[1]}? "
-            f"{'yes' if joint_ok else 'no'}{_show(by['joint'])} -> the seed's claim is **{outcome}** here."
-            + (f" (Joint caption ratio{_show(caption)}.)" if caption else "")
+            f"{'yes' if recon_ok else 'no'}{_show(recon)}"
+            + (" (vacuously: the recon-only head ignores h, so fine and coarse could not differ)" if vacuous else "")
+            + f"; joint ratio above {BAND[1]}? {'yes' if joint_ok else 'no'}{_show(joint)}"
+            + (f", joint caption ratio{_show(caption)}" if caption else "")
+            + f" -> the seed's claim is **{OUTCOMES[recon_ok, joint_ok]}** here."
         )
     return "\n".join(lines)
 
@@ -102,14 +115,16 @@ def bench_science(
     out_dir: str | Path,
     seeds: int = 1,
     quiet: bool = False,
+    summarize_only: bool = False,
 ) -> list[dict]:
-    """Per objective, per head: the main model and a coarse-only control (`seeds` each); one summary."""
+    """Per objective, per head: the main model and a coarse-only control (`seeds` each); one summary.
+    summarize_only: train nothing, rebuild the summary from the run folders already in out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0, rows = time.time(), []
     for objective in objectives:
         run = replace(cfg, train={"objective": objective}, out_dir=str(out / objective))
-        rows += compare(run, heads, out / objective, quiet=quiet, seeds=seeds, controls=True)
+        rows += compare(run, heads, out / objective, quiet, seeds, controls=True, summarize_only=summarize_only)
     if not rows:
         return rows
     s = cfg.data.synthetic
@@ -122,7 +137,7 @@ def bench_science(
         f"textured background {s.textured_background}. {cfg.train.steps} steps of {cfg.train.batch_size} x "
         f"{cfg.train.grad_accum} clips per model, both paths trained (coarse_weight {cfg.train.coarse_weight:g}); "
         f"coarse-only = the same model with the static query only (train.fine_iterations=0), same steps and clips. "
-        f"{interval_note(rows)} Wall time {time.time() - t0:.0f} s.\n\n"
+        f"{interval_note(rows)}" + ("" if summarize_only else f" Wall time {time.time() - t0:.0f} s.") + "\n\n"
     )
     text = (
         header
