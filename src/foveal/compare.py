@@ -190,6 +190,8 @@ def cell(row: dict, name: str, style: str = "ratio") -> str:
     if metric is None:
         return "–"
     lo, hi = metric["ci"]
+    if style == "share":  # a share lives in [0, 1]; a t-interval over few seeds can overshoot it
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
     text = _num(metric["value"], style)
     return text if math.isnan(lo) else f"{text} [{_num(lo, style)}, {_num(hi, style)}]"
 
@@ -307,16 +309,18 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out (95% CI)")]
     if kind == "recon":
         bars.append(("recon_ratio_after_first", "held-out, frames 1..T-1"))
-    width = 0.8 / len(bars)
+    width, seen = 0.8 / len(bars), [1.0]
     for i, (name, label) in enumerate(bars):
         vals = np.array([r["metrics"].get(name, {}).get("value", NAN) for r in rows])
         ci = np.array([r["metrics"].get(name, {}).get("ci", [NAN, NAN]) for r in rows])
         err = np.nan_to_num(np.abs(ci.T - vals), nan=0.0)
         ax_bar.bar(x + (i - (len(bars) - 1) / 2) * width, vals, width=width, yerr=err, capsize=3, label=label)
+        seen += [v for v in [*vals, *ci.ravel()] if not math.isnan(v)]
     ax_bar.axhline(1.0, color="k", lw=1, ls="--")
     ax_bar.set_xticks(x, labels, fontsize=8)
     ax_bar.set_ylabel("ratio = loss_coarse / loss_fine")
-    ax_bar.set_ylim(auto=True)
+    pad = max(0.002, (max(seen) - min(seen)) * 0.3)  # the interesting range is around 1, not from 0
+    ax_bar.set_ylim(min(seen) - pad, max(seen) + pad)
     ax_bar.legend(fontsize=8)
     ax_bar.set_title("ratio per head (> 1: fine beats coarse)")
     for r, label in zip(rows, labels):
