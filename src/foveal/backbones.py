@@ -107,6 +107,7 @@ def build_dino(spec: DinoSpec, seed: int = 0):
         layer_norm_eps=1e-6,
         qkv_bias=True,
         use_swiglu_ffn=False,
+        initializer_range=spec.init_std,
     )
     config._attn_implementation = "sdpa"
     with seeded(seed, "dino"):

@@ -69,15 +69,35 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
 def cmd_compare(args) -> None:
     from .compare import compare
 
-    heads = args.heads.split(",") if args.heads else list(HEADS)
-    for h in heads:
-        if h not in HEADS:
-            raise ConfigError(f"--heads: unknown head {h!r}; registered: {', '.join(HEADS)}")
+    heads = _heads(args.heads) if args.heads else list(HEADS)
     cfg = config_from_args(args, out_dir=args.out)
-    rows = compare(cfg, heads, args.out, quiet=args.quiet)
+    rows = compare(cfg, heads, args.out, args.quiet, args.seeds, args.controls, args.summarize_only)
     if rows:
         print(Path(args.out, "summary.md").read_text())
         print(f"wrote {args.out}/summary.md, summary.json, comparison.png, report.html and <head>/results.json")
+
+
+def _heads(text: str) -> list[str]:
+    heads = text.split(",")
+    for h in heads:
+        if h not in HEADS:
+            raise ConfigError(f"--heads: unknown head {h!r}; registered: {', '.join(HEADS)}")
+    return heads
+
+
+def cmd_bench_science(args) -> None:
+    from .science import bench_science
+
+    objectives = args.objectives.split(",")
+    for o in objectives:
+        if o not in ("recon", "caption", "joint"):
+            raise ConfigError(f"--objectives: unknown objective {o!r}; choose from recon, caption, joint")
+    args.preset = args.preset or "where"
+    cfg = config_from_args(args, out_dir=args.out)
+    rows = bench_science(cfg, _heads(args.heads), objectives, args.out, args.seeds, args.quiet, args.summarize_only)
+    if rows:
+        print(Path(args.out, "summary.md").read_text())
+        print(f"wrote {args.out}/summary.md, summary.json and <objective>/<head>[-coarse-only]/results.json")
 
 
 def cmd_train(args) -> None:
@@ -259,6 +279,13 @@ def cmd_config(args) -> None:
     print(yaml.safe_dump(config_from_args(args).to_dict(), sort_keys=False), end="")
 
 
+def _at_least_1(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="foveal", description="Foveated video-language models: where to look.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -267,7 +294,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p)
     p.add_argument("--heads", default=None, help=f"comma-separated (default all: {','.join(HEADS)})")
     p.add_argument("--out", default="runs/compare", help="output folder")
+    p.add_argument("--seeds", type=_at_least_1, default=1, help="train each head N times (seed, seed+1, ...)")
+    p.add_argument("--controls", action="store_true", help="also train a coarse-only model per head (fair baseline)")
+    p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the tables from --out")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "bench-science",
+        help="the seed's experiment on the where-to-look benchmark: per head, recon-only vs joint, with controls",
+    )
+    _add_config_args(p, default_preset="where")
+    p.add_argument("--heads", default="film,spatial_film", help="comma-separated (default film,spatial_film)")
+    p.add_argument("--objectives", default="recon,joint", help="comma-separated (default recon,joint)")
+    p.add_argument("--seeds", type=_at_least_1, default=1, help="train each model N times (seed, seed+1, ...)")
+    p.add_argument("--out", default="runs/bench-science", help="output folder")
+    p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the summary from --out")
+    p.set_defaults(func=cmd_bench_science)
 
     p = sub.add_parser("train", help="train one model; writes a run folder")
     _add_config_args(p)

@@ -31,6 +31,9 @@ class DinoSpec:
     num_heads: int = 6
     patch_size: int = 14
     image_size: int = 518  # position-embedding grid (37x37 for ViT-S/14); HF interpolates it to frame_size
+    init_std: float = 0.02  # "random" weights' std (HF default 0.02; small models then attend ~uniformly, whatever
+    #                         the query: nothing can look anywhere. configs/where.yaml raises it so that attention is
+    #                         as peaked as a trained ViT's)
     freeze: bool = True
 
 
@@ -94,8 +97,11 @@ class SynthSpec:
     num_objects: int = 2  # objects named in the caption; the first is the target
     num_distractors: int = 1  # further objects, never named
     size_range: list[float] = field(default_factory=lambda: [0.12, 0.3])  # object side / frame side
+    target_size_range: list[float] | None = None  # the target's own range (e.g. small); null = size_range
     speed: float = 0.06  # frame sides per frame
+    other_speed: float | None = None  # every object but the target; 0 = only the target moves; null = speed
     textured_background: bool = False
+    target_on_top: bool = False  # paint the target last, so no other object ever hides it
     render_size: int = 0  # 0 = the model's frame size
 
 
@@ -119,7 +125,7 @@ class TrainConfig:
     objective: str = "recon"  # recon | caption | joint
     coarse_weight: float = 1.0  # loss = fine + coarse_weight * coarse; 0 reproduces the seed (fine only)
     recon_weight: float = 0.5  # joint: caption + recon_weight * recon
-    fine_iterations: int = 1
+    fine_iterations: int = 1  # 0 = coarse-only control: only the static-query pass exists and is trained
     fine_loss: str = "final"  # multi-fine: final | mean | progressive
     steps: int = 300
     minutes: float | None = None  # wall-clock budget; stops at whichever of steps/minutes comes first
@@ -318,6 +324,8 @@ def validate(cfg: RunConfig) -> None:
     vae_factor = 2 ** (len(m.vae.block_out_channels) - 1)
     if m.target == "vae" and m.frame_size % vae_factor:
         raise ConfigError(f"model.frame_size: {m.frame_size} is not divisible by the VAE downsampling {vae_factor}")
+    if m.dino.init_std <= 0:
+        raise ConfigError(f"model.dino.init_std: must be > 0, got {m.dino.init_std}")
     if m.dino.hidden_size % m.dino.num_heads:
         raise ConfigError("model.dino.hidden_size must be divisible by model.dino.num_heads")
     if m.llm.num_heads % m.llm.num_kv_heads or m.llm.hidden_size % m.llm.num_heads:
@@ -344,15 +352,22 @@ def validate(cfg: RunConfig) -> None:
             "data.frame_gap: only synthetic clips are rendered with a gap; for video files the gap between frames "
             "is set by data.window (fps:<rate> puts 1/rate s between frames)"
         )
-    lo, hi = (d.synthetic.size_range + [0, 0])[:2]
-    if not (0 < lo <= hi <= 1):
-        raise ConfigError(f"data.synthetic.size_range: need 0 < min <= max <= 1, got {d.synthetic.size_range}")
+    for key in ("size_range", "target_size_range"):
+        value = getattr(d.synthetic, key)
+        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+            raise ConfigError(f"data.synthetic.{key}: need [min, max] with 0 < min <= max <= 1, got {value}")
+    if d.synthetic.speed < 0 or (d.synthetic.other_speed or 0) < 0:
+        raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
     _positive("data.synthetic.num_objects", d.synthetic.num_objects)
     _one_of("train.objective", t.objective, ["recon", "caption", "joint"])
     _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
-    _positive("train.fine_iterations", t.fine_iterations)
+    _positive("train.fine_iterations", t.fine_iterations, 0)
+    if t.fine_iterations == 0 and t.coarse_weight == 0:
+        raise ConfigError(
+            "train.fine_iterations=0 (coarse-only) trains the coarse pass alone: set train.coarse_weight > 0"
+        )
     _positive("train.steps", t.steps)
     _positive("train.batch_size", t.batch_size)
     _positive("train.grad_accum", t.grad_accum)

@@ -137,14 +137,18 @@ class FoveatedVLM(nn.Module):
         b, t = batch.frames.shape[:2]
         return replace(batch, targets=self.target(cache.features, b, t))  # [B, T, C, S, S]
 
+    def predict_next(self, h: torch.Tensor, targets: torch.Tensor):
+        """h [B, T, H] (states at mode, z_0..z_{T-2}), targets [B, T, C, S, S] -> each frame's prediction and its
+        (loss, MSE, cosine) [B, T] each. The held-out h-ablation calls it with h replaced and nothing else changed."""
+        pred = self.head(h, self.previous(targets))  # [B, T, C, S, S]
+        return pred, frame_losses(pred, targets, self.target_loss)
+
     def score(self, passes: list[PassOutput], batch: Batch, num_frames: int, recon: bool, caption: bool) -> None:
         """Fill in each pass's losses from its hidden states; all passes go through the head in one call."""
         t, n = num_frames, len(passes)
         if recon and batch.targets is not None:
             h = torch.cat([p.hidden[:, :t] for p in passes])  # states at mode, z_0..z_{T-2}: [n*B, T, H]
-            targets = batch.targets.repeat(n, 1, 1, 1, 1)
-            pred = self.head(h, self.previous(targets))  # [n*B, T, C, S, S]
-            losses = frame_losses(pred, targets, self.target_loss)  # (loss, mse, cosine), each [n*B, T]
+            pred, losses = self.predict_next(h, batch.targets.repeat(n, 1, 1, 1, 1))  # (loss, mse, cosine) [n*B, T]
             for p, p_pred, loss, mse, cos in zip(passes, pred.chunk(n), *(x.chunk(n) for x in losses)):
                 p.pred, p.recon, p.mse, p.cosine = p_pred, loss, mse, cos
         if caption and batch.caption_ids is not None:

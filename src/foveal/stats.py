@@ -1,4 +1,4 @@
-"""Statistics for held-out numbers: paired bootstrap of the coarse/fine loss ratio, across-seed intervals."""
+"""Statistics for held-out numbers: paired bootstraps over clips (ratio, difference), across-seed intervals."""
 
 from __future__ import annotations
 
@@ -18,6 +18,20 @@ def paired_bootstrap_ratio(
     ratios = coarse[idx].mean(1) / fine[idx].mean(1)
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     return float(ratio), float(lo), float(hi)
+
+
+def paired_bootstrap_diff(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """mean(a) - mean(b) over clips with a paired percentile CI (e.g. the loss with h zeroed minus the normal loss,
+    or the fine query's attention mass on the target minus the coarse one's)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    diff = a - b
+    if len(diff) < 2:
+        return float(diff.mean()), float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(diff), size=(n_boot, len(diff)))
+    lo, hi = np.quantile(diff[idx].mean(1), [(1 - level) / 2, (1 + level) / 2])
+    return float(diff.mean()), float(lo), float(hi)
 
 
 def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:

@@ -247,6 +247,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
     recon = t.objective in ("recon", "joint")
     kinds = [k for k, on in (("recon", recon), ("caption", caption)) if on]
     tracked = kinds + (["mse", "cos"] if recon else [])  # the prediction's MSE and cosine, whatever the loss
+    paths = ("coarse", "fine") if t.fine_iterations else ("coarse",)  # fine_iterations 0: the coarse-only control
     if model.target is not None:  # dino target: the encoder's own features, reduced by a PCA if asked
         prepare(model, cfg, train_set, out, fit=resume_from is None, main=dist.main, quiet=quiet)
 
@@ -322,7 +323,7 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         if t.minutes is not None and dist.any(elapsed0 + time.time() - t0 > t.minutes * 60):
             break
         ts = time.time()
-        sums = {f"{k}_{p}": 0.0 for k in tracked for p in ("coarse", "fine")}
+        sums = {f"{k}_{p}": 0.0 for k in tracked for p in paths}
         loss_sum, bad = 0.0, False
         for micro in range(t.grad_accum):
             idx, raw = next(batches)
@@ -337,7 +338,8 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             loss_sum += loss.item() / t.grad_accum
             for k in tracked:
                 sums[f"{k}_coarse"] += pass_value(res.coarse, k) / t.grad_accum
-                sums[f"{k}_fine"] += pass_value(res.fine[-1], k) / t.grad_accum
+                if res.fine:
+                    sums[f"{k}_fine"] += pass_value(res.fine[-1], k) / t.grad_accum
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
         bad |= not torch.isfinite(grad_norm).item()
@@ -373,14 +375,15 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
             **means,
         }
         for k in kinds:
-            ratio = means[f"{k}_coarse"] / max(means[f"{k}_fine"], 1e-12)
-            row[f"{k}_ratio"] = ratio
-            history["ratio"][k].append(ratio)
             history["coarse"][k].append(means[f"{k}_coarse"])
-            history["fine"][k].append(means[f"{k}_fine"])
+            if f"{k}_fine" in means:
+                ratio = means[f"{k}_coarse"] / max(means[f"{k}_fine"], 1e-12)
+                row[f"{k}_ratio"] = ratio
+                history["ratio"][k].append(ratio)
+                history["fine"][k].append(means[f"{k}_fine"])
         for k in tracked[len(kinds) :]:  # setdefault: a checkpoint from before these were tracked resumes too
-            history["coarse"].setdefault(k, []).append(means[f"{k}_coarse"])
-            history["fine"].setdefault(k, []).append(means[f"{k}_fine"])
+            for p in paths:
+                history[p].setdefault(k, []).append(means[f"{k}_{p}"])
         if t.eval_every and done % t.eval_every == 0 and done < t.steps and dist.main:
             ev = summarize(
                 evaluate(
@@ -394,16 +397,18 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
                     autocast=autocast_for(t.precision, dist.device),
                 )
             )
-            row.update({f"heldout_{k}_ratio": ev[k]["ratio"] for k in kinds})
+            row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in kinds})
         logger.log(row)
         bar.update(1)
-        bar.set_postfix({"loss": f"{loss_mean:.4g}", **{f"{k[:3]}_ratio": f"{row[f'{k}_ratio']:.4f}" for k in kinds}})
+        bar.set_postfix(
+            {"loss": f"{loss_mean:.4g}", **{f"{k[:3]}_ratio": f"{row.get(f'{k}_ratio', math.nan):.4f}" for k in kinds}}
+        )
         if done % t.ckpt_every == 0 and done < t.steps:
             checkpoint(done, loss_mean)
     bar.close()
     batches.close()  # stops any loader workers now
-    fine_hist = history["fine"][kinds[0]]
-    checkpoint(done, fine_hist[-1] if fine_hist else None)
+    last_hist = history[paths[-1]][kinds[0]]
+    checkpoint(done, last_hist[-1] if last_hist else None)
 
     results = {}
     if dist.main:
@@ -445,7 +450,7 @@ def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinit
         "head": cfg.model.head,
         "objective": cfg.train.objective,
         "preset": cfg.preset,
-        "steps": len(ratios),
+        "steps": len(history["coarse"][primary]),
         "final_ratio": mean(ratios[last]),
         "ratio_above_1": mean([float(r > 1) for r in ratios]),
         "min_ratio": min(ratios, default=float("nan")),
@@ -455,6 +460,7 @@ def summarize_run(cfg: RunConfig, model, history, heldout: dict, kinds, nonfinit
         "params": num_params(model.head),
         "heldout_ratio": heldout.get(primary, {}).get("ratio", float("nan")),
         "coarse_weight": cfg.train.coarse_weight,
+        "fine_iterations": cfg.train.fine_iterations,  # 0: the coarse-only control (no ratio)
         "seed": cfg.train.seed,
         "ratio_kind": primary,
         "nonfinite_steps": nonfinite,

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import DataConfig, RunConfig
-from .synthetic import SynthClip, render_clip
+from .synthetic import SynthClip, patch_masks, render_clip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,6 +46,19 @@ class SyntheticClips(Dataset):
     def clip(self, i: int) -> SynthClip:
         d = self.data
         return render_clip(d.synthetic, self.size, d.num_frames, d.seed, self.offset + i, d.frame_gap)
+
+    def target_patches(self, i: int, patch: int) -> torch.Tensor:
+        """Ground truth for where-to-look metrics: [T, G*G] bool, the patches (row-major, as the encoder orders them)
+        that show clip i's target in each frame. patch = the encoder's patch size at the model's frame size."""
+        if (patch * self.size) % self.frame_size:
+            raise ValueError(
+                f"target_patches: a {patch}-px patch at frame size {self.frame_size} is not a whole number of pixels "
+                f"at render size {self.size}; choose data.synthetic.render_size as a multiple of the frame size"
+            )
+        clip = self.clip(i)
+        scaled = patch * self.size // self.frame_size  # the same patch grid in rendered pixels
+        grid = patch_masks(clip.masks[:, clip.target], scaled)  # [T, G, G]
+        return torch.from_numpy(grid).flatten(1)
 
     def __getitem__(self, i: int) -> dict:
         clip = self.clip(i)

@@ -3,7 +3,8 @@
 Every clip is a pure function of (spec, size, frames, seed, index), so the default needs no download and every run
 sees the same pixels. The caption names the target object first ("the small red triangle moves left and bounces.")
 and then the other named objects; distractors move too but are never named. Ground truth per frame: every object's
-box and mask, and which one is the target.
+box and mask, and which one is the target. Knobs for the where-to-look benchmark (configs/where.yaml): a size range of
+the target's own (small), other objects' speed (0: only the target moves), distractors, a textured background.
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
     sides = rng.uniform(lo, hi, size=k) * size  # object side in pixels
     angles = rng.integers(0, 8, size=k) * np.pi / 4 + rng.uniform(-0.2, 0.2, size=k)
     start = rng.uniform(0, 1, size=(k, 2))
+    ranges = [(lo, hi)] * k
+    if spec.target_size_range is not None:  # drawn last: clips without the knob keep their pixels
+        ranges[0] = tuple(spec.target_size_range)
+        sides[0] = rng.uniform(*ranges[0]) * size
+    speeds = [spec.speed] + [spec.speed if spec.other_speed is None else spec.other_speed] * (k - 1)
 
     t = gap * np.arange(num_frames, dtype=np.float64)[:, None, None]  # [T, 1, 1] render steps
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)[:, None] + 0.5  # [1, H, W] each
@@ -76,24 +82,27 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
     boxes = np.zeros((num_frames, k, 4))
     masks = np.zeros((num_frames, k, size, size), dtype=bool)
     bounced = np.zeros(k, dtype=bool)
-    for j in range(k):  # few objects; each is one vectorised render over all frames
+    order = [*range(1, k), 0] if spec.target_on_top else range(k)  # painting order: later objects cover earlier ones
+    for n, j in enumerate(order):  # few objects; each is one vectorised render over all frames
         r = sides[j] / 2
-        vel = spec.speed * size * np.array([np.cos(angles[j]), -np.sin(angles[j])])
+        vel = speeds[j] * size * np.array([np.cos(angles[j]), -np.sin(angles[j])])
         path = start[j] * (size - 2 * r) + r + vel * t[:, 0]  # [T, 2] unfolded
         cx, sx = _bounce(path[:, 0], r, size - r)
         cy, sy = _bounce(path[:, 1], r, size - r)
         bounced[j] = bool((np.diff(sx) != 0).any() or (np.diff(sy) != 0).any())
         mask = _shape_mask(shapes[j], xx, yy, cx[:, None, None], cy[:, None, None], r)  # [T, H, W]
         frames[mask] = COLOURS[colours[j]]
-        masks[:, :j] &= ~mask[:, None]  # occluded pixels belong to the object in front
+        masks[:, list(order[:n])] &= ~mask[:, None]  # occluded pixels belong to the object in front
         masks[:, j] = mask
         boxes[:, j] = np.stack([cx - r, cy - r, cx + r, cy + r], axis=1)
 
     def describe(j: int) -> str:
         direction = DIRECTIONS[int(np.round((angles[j] % (2 * np.pi)) / (np.pi / 4))) % 8]
-        size_word = SIZES[int(sides[j] / size > (lo + hi) / 2)]
-        text = f"{size_word} {colours[j]} {shapes[j]} moves {direction}"
-        return text + (" and bounces" if bounced[j] else "")
+        size_word = SIZES[int(sides[j] / size > sum(ranges[j]) / 2)]  # relative to the range it was drawn from
+        text = f"{size_word} {colours[j]} {shapes[j]}"
+        if speeds[j] == 0:  # a still object: no motion words
+            return text
+        return text + f" moves {direction}" + (" and bounces" if bounced[j] else "")
 
     caption = " . ".join(("the " if j == 0 else "a ") + describe(j) for j in range(spec.num_objects)) + " ."
     return SynthClip(frames, caption, boxes, masks, target=0, named=spec.num_objects)

@@ -1,0 +1,180 @@
+"""Held-out controls: copy-last, h-ablation, target attention mass, and the coarse-only model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from foveal.build import build_model
+from foveal.checkpoint import latest, load_checkpoint
+from foveal.compare import aggregate, compare, tables
+from foveal.config import load_config
+from foveal.data.dataset import Collator, build_datasets
+from foveal.evaluate import attention_entropy, copy_last_error, evaluate, h_ablation, make_batch, summarize, target_mass
+from foveal.science import seed_claim, verdict
+
+
+@pytest.fixture(scope="module")
+def where(tmp_path_factory):
+    """A tiny model on the where-to-look clips, with random stand-in targets (no VAE needed)."""
+    cfg = load_config(
+        "where",
+        overrides=["data.num_frames=4", "data.train_clips=8", "data.heldout_clips=6",
+                   f"cache_dir={tmp_path_factory.mktemp('c')}"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model, tok = build_model(cfg)
+    _, heldout = build_datasets(cfg)
+    targets = torch.randn(len(heldout), 4, *model.target_shape)
+    return model, Collator(tok), heldout, targets
+
+
+def test_copy_last_equals_the_hand_computed_mse(where):
+    model, collator, heldout, targets = where
+    by_hand = np.array(
+        [[((targets[i, t] - targets[i, t - 1]) ** 2).mean().item() for t in range(1, 4)] for i in range(len(heldout))]
+    )
+    np.testing.assert_allclose(copy_last_error(targets).numpy(), by_hand, rtol=1e-6)
+    arrays = evaluate(model, heldout, targets, collator, recon=True, caption=False, batch_size=4)
+    np.testing.assert_allclose(arrays["recon_copy_last"], by_hand, rtol=1e-6)  # across batches of 4 and 2
+    assert arrays["recon_coarse"].shape == arrays["recon_fine_h_zero"].shape == (6, 4)
+
+
+def test_caption_video_control_swaps_only_the_frames(where):
+    """The other-video caption control scores each clip's own caption after the previous clip's frames: with every
+    clip showing the same video it equals the normal loss exactly; with different videos it does not."""
+    model, collator, heldout, targets = where
+
+    class SameVideo:  # every clip shows clip 0's frames, with its own caption
+        def __len__(self):
+            return len(heldout)
+
+        def __getitem__(self, i):
+            return heldout[i] | {"frames": heldout[0]["frames"]}
+
+    same = evaluate(model, SameVideo(), None, collator, recon=False, caption=True, batch_size=4)
+    np.testing.assert_allclose(same["caption_fine_video_other"], same["caption_fine"], rtol=1e-5)
+    real = evaluate(model, heldout, None, collator, recon=False, caption=True, batch_size=4)
+    assert np.abs(real["caption_fine_video_other"] - real["caption_fine"]).max() > 1e-6
+    assert "video_other_minus_fine" in summarize(real)["caption"]
+
+
+def test_h_ablation_changes_h_only(where):
+    model, collator, heldout, targets = where
+    raw = collator([heldout[i] for i in range(3)])
+    batch = make_batch(raw, targets[:3], "cpu", caption=False)
+    with torch.no_grad():
+        p = model(batch).fine[0]
+    before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    seen = []  # every (h, prev) the head is called with
+    hook = model.head.register_forward_pre_hook(lambda m, args: seen.append([a.detach().clone() for a in args]))
+    with torch.no_grad():
+        out = h_ablation(model, p, batch.targets)
+        own = model.predict_next(p.hidden[:, :4], batch.targets)[1][0]
+    hook.remove()
+    assert all(torch.equal(before[k], v) for k, v in model.head.state_dict().items())  # weights untouched
+    assert all(torch.equal(prev, seen[-1][1]) for _, prev in seen)  # same previous latents in every call
+    torch.testing.assert_close(own, p.recon)  # with its own h, the ablation path gives the pass's loss
+    h = p.hidden[:, :4]
+    assert torch.equal(seen[0][0], torch.zeros_like(h))
+    assert torch.equal(seen[1][0], torch.cat([h[-1:], h[:-1]]))  # each clip gets the previous clip's h
+    assert not torch.allclose(out["h_zero"], p.recon)
+    assert out["h_zero"].shape == out["h_other"].shape == p.recon.shape
+
+
+def test_target_mass_counts_only_target_patches():
+    weights = torch.zeros(2, 1, 3, 2, 5)  # [B*T, 1, L, heads, P]: CLS + 4 patches
+    weights[..., 0] = 0.5  # half on CLS
+    weights[..., 2] = 0.25
+    weights[..., 4] = 0.25
+    patches = torch.tensor([[[False, True, False, False], [False, True, False, True]]])  # [B=1, T=2, 4]
+    mass = target_mass(weights, patches)
+    assert mass.shape == (1, 2, 3)
+    torch.testing.assert_close(mass[0, 0], torch.full((3,), 0.25))
+    torch.testing.assert_close(mass[0, 1], torch.full((3,), 0.5))
+
+
+def test_attention_entropy_is_one_when_uniform_and_zero_when_peaked():
+    weights = torch.full((4, 1, 2, 3, 5), 0.2)  # [B*T=4, 1, L, heads, P]: uniform
+    weights[2:] = torch.nn.functional.one_hot(torch.tensor(1), 5).float()  # frames of the second clip: one token
+    ent = attention_entropy(weights, frames=2)
+    torch.testing.assert_close(ent, torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+
+
+def test_evaluate_reports_attention_on_the_target(where):
+    model, collator, heldout, targets = where
+    arrays = evaluate(model, heldout, targets, collator, recon=True, caption=False)
+    assert arrays["attention_fine"].shape == (6, 4, model.encoder.dino.config.num_hidden_layers)
+    assert ((arrays["attention_fine"] >= 0) & (arrays["attention_fine"] <= 1)).all()
+    chance = np.stack([heldout.target_patches(i, 8).float().numpy().sum(1) / 65 for i in range(6)])
+    np.testing.assert_allclose(arrays["attention_chance"], chance, rtol=1e-6)
+    assert ((arrays["attention_fine_entropy"] > 0) & (arrays["attention_fine_entropy"] <= 1 + 1e-6)).all()
+    s = summarize(arrays)
+    assert set(s["controls"]) == {"copy_last", "coarse", "fine"}
+    assert s["attention"]["fine"]["mean"] == pytest.approx(arrays["attention_fine"][:, 1:].mean(), rel=1e-5)
+    lo, hi = s["attention"]["fine_minus_coarse"]["ci"]
+    assert lo <= s["attention"]["fine_minus_coarse"]["value"] <= hi
+
+
+def test_compare_with_controls_trains_a_coarse_only_model(tiny_cfg, tmp_path):
+    """--controls: a coarse-only model (train.fine_iterations=0) per head, whose fine-only parts never move; the
+    table pairs its held-out loss with the fine path's, clip by clip."""
+    cfg = tiny_cfg()
+    init, _ = build_model(cfg)  # every component is seeded by name: the runs start from these weights
+    rows = compare(cfg, ["film"], tmp_path / "cmp", quiet=True, controls=True)
+    only = Path(tmp_path / "cmp" / "film-coarse-only")
+    trained = load_checkpoint(latest(only / "checkpoints"))["model"]
+    for name in ("q_init", "fine_token", "llm_to_query.weight"):
+        assert torch.equal(trained[name], init.state_dict()[name]), name
+    assert not torch.equal(trained["q_static"], init.state_dict()["q_static"])
+    result = json.loads((only / "results.json").read_text())
+    assert result["fine_iterations"] == 0 and result["steps"] == 4
+    assert "ratio" not in result["heldout"]["recon"] and "fine" not in result["heldout"]["controls"]
+
+    control = torch.load(only / "heldout_losses.pt")
+    main = torch.load(tmp_path / "cmp" / "film" / "heldout_losses.pt")
+    expected = control["recon_coarse"][:, 1:].mean(1).sum() / main["recon_fine"][:, 1:].mean(1).sum()
+    m = rows[0]["metrics"]
+    assert m["recon_coarse_only_over_fine"]["value"] == pytest.approx(expected.item(), rel=1e-5)
+    text = (tmp_path / "cmp" / "summary.md").read_text()
+    for column in ("Coarse-only / fine", "Copy-last", "h=0 minus fine", "Recon ratio, frames 1..T-1"):
+        assert column in text
+
+
+def test_seeds_aggregate_to_a_student_t_interval():
+    first = {"head": "film", "objective": "recon", "preset": "tiny", "steps": 5, "params": 10, "coarse_weight": 1.0,
+             "heldout": {"clips": 8}, "seed": 0, "final_ratio": 1.0, "ratio_above_1": 0.5, "min_ratio": 0.9,
+             "max_ratio": 1.1, "loss_fine": 0.2, "loss_coarse": 0.2}  # fmt: skip
+    runs = [
+        {"metrics": {"recon_ratio": (v, v - 0.01, v + 0.01)}, "layers": {"fine": [v, v]}, "step_ratios": {},
+         "result": first | {"final_ratio": v}}  # fmt: skip
+        for v in (1.0, 1.1, 1.2)
+    ]
+    row = aggregate(first, runs)
+    metric = row["metrics"]["recon_ratio"]
+    assert metric["over"] == "seeds" and metric["value"] == pytest.approx(1.1)
+    assert metric["ci"][1] - 1.1 == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert row["attention_layers"]["fine"] == pytest.approx([1.1, 1.1])
+    single = aggregate(first, runs[:1])["metrics"]["recon_ratio"]
+    assert single["over"] == "clips" and single["ci"] == [0.99, 1.01]  # one seed: the bootstrap interval
+    assert row["final_ratio"] == pytest.approx(1.1) and row["heldout_ratio"] == pytest.approx(1.1)
+    assert "1.1000 [0.8516, 1.3484]" in tables([row])
+
+
+def test_seed_claim_is_read_off_the_intervals():
+    def row(objective, lo, hi):
+        metric = {"value": (lo + hi) / 2, "ci": [lo, hi]}
+        return {"head": "film", "objective": objective, "metrics": {"recon_ratio_after_first": metric}}
+
+    assert "**confirmed**" in seed_claim([row("recon", 0.99, 1.01), row("joint", 1.10, 1.20)])
+    assert "**refuted**" in seed_claim([row("recon", 1.05, 1.10), row("joint", 0.99, 1.01)])
+    not_joint = seed_claim([row("recon", 0.99, 1.01), row("joint", 1.00, 1.20)])
+    assert "**not confirmed: joint training" in not_joint and "vacuously" not in not_joint
+    blind = row("recon", 0.99, 1.01)
+    blind["metrics"]["h_other_minus_fine"] = {"value": 0.0, "ci": [-1e-4, 1e-4]}  # the head ignores h
+    assert "vacuously" in seed_claim([blind, row("joint", 1.10, 1.20)])
+    assert verdict({"value": 1.1, "ci": [1.05, 1.15]}) == "yes"
+    assert verdict({"value": 0.9, "ci": [0.85, 0.95]}).startswith("no")
+    assert verdict({"value": 1.0, "ci": [0.95, 1.05]}).startswith("not resolved")
