@@ -148,8 +148,12 @@ def test_seeds_aggregate_to_a_student_t_interval():
              "heldout": {"clips": 8}, "seed": 0, "final_ratio": 1.0, "ratio_above_1": 0.5, "min_ratio": 0.9,
              "max_ratio": 1.1, "loss_fine": 0.2, "loss_coarse": 0.2}  # fmt: skip
     runs = [
-        {"metrics": {"recon_ratio": (v, v - 0.01, v + 0.01)}, "layers": {"fine": [v, v]}, "step_ratios": {},
-         "result": first | {"final_ratio": v}}  # fmt: skip
+        {
+            "metrics": {"recon_ratio": (v, v - 0.01, v + 0.01)},
+            "layers": {"fine": [v, v]},
+            "step_ratios": {},
+            "result": first | {"final_ratio": v},
+        }  # fmt: skip
         for v in (1.0, 1.1, 1.2)
     ]
     row = aggregate(first, runs)

@@ -64,7 +64,13 @@ def test_a_query_trained_to_look_at_an_object_peaks_there(tmp_path):
     """One square in the top-right (rows 1-2, columns 6-7 of a 9x9 grid of 7 px patches; 64 px frames leave a 1 px
     remainder the encoder drops). A static query trained to attend to it gives maps peaked there, in grid and in
     pixel coordinates; a transposed or shifted map would peak elsewhere."""
-    cfg = load_config("tiny", overrides=["data.num_frames=3", "model.dino.patch_size=7", f"cache_dir={tmp_path / 'c'}"])
+    overrides = [
+        "data.num_frames=3",
+        "model.dino.patch_size=7",
+        "model.dino.init_std=0.02",
+        f"cache_dir={tmp_path / 'c'}",
+    ]
+    cfg = load_config("tiny", overrides=overrides)
     model, _ = build_model(cfg)
     model.eval()
     last = model.encoder.dino.encoder.layer[-1].attention

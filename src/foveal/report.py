@@ -27,6 +27,8 @@ def find_runs(folder: Path) -> dict[str, Path]:
     if (folder / "results.json").exists():
         return {folder.name: folder}
     runs = {p.name: p for p in sorted(folder.iterdir()) if (p / "results.json").exists()}
+    for p in sorted(folder.iterdir()):  # compare --seeds N: <head>/seed-<s>/
+        runs |= {f"{p.name}/{q.name}": q for q in sorted(p.glob("seed-*")) if (q / "results.json").exists()}
     summary = folder / "summary.json"
     if summary.exists():
         order = [r["head"] for r in json.loads(summary.read_text())]
@@ -112,12 +114,14 @@ def plot_loss_curves(metrics: dict, kinds: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4), squeeze=False, layout="constrained")
     for ax, kind in zip(axes[0], kinds):
         for i, (name, rows) in enumerate(metrics.items()):
-            rows = [m for m in rows if f"{kind}_fine" in m]
+            rows = [m for m in rows if f"{kind}_coarse" in m]  # a coarse-only control has no fine loss
             if not rows:
                 continue
             steps = [m["step"] for m in rows]
             k = max(1, len(rows) // 20)
-            ax.plot(steps, running_mean([m[f"{kind}_fine"] for m in rows], k), color=f"C{i}", label=f"{name} fine")
+            if f"{kind}_fine" in rows[0]:
+                fine = running_mean([m[f"{kind}_fine"] for m in rows], k)
+                ax.plot(steps, fine, color=f"C{i}", label=f"{name} fine")
             coarse = running_mean([m[f"{kind}_coarse"] for m in rows], k)
             ax.plot(steps, coarse, color=f"C{i}", ls="--", label=f"{name} coarse")
         ax.set_yscale("log")
