@@ -150,3 +150,24 @@ def test_foreach_variant_changes_only_the_optimiser_implementation(step):
     for a, b in zip(fused, params):
         torch.testing.assert_close(b.detach(), a, rtol=1e-5, atol=1e-7)
     assert flags() == before == [(None, True)] * len(before)
+
+
+def test_allocator_tuning_is_on_by_default_and_can_be_turned_off():
+    """glibc: tuned unless FOVEAL_MALLOC=default or the user set a MALLOC_* threshold (their choice wins)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = "from foveal.allocator import keep_large_buffers; print(keep_large_buffers())"
+
+    def tuned(**env) -> str:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "FOVEAL_MALLOC"))}
+        out = subprocess.run([sys.executable, "-c", code], env=clean | env, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert tuned() == "True"
+    assert tuned(FOVEAL_MALLOC="default") == "False"
+    assert tuned(MALLOC_TRIM_THRESHOLD_="131072") == "False"

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from . import allocator
 from . import encoder as encoder_module
 from .build import build_model
 from .config import ConfigError, RunConfig
@@ -368,6 +369,7 @@ def bench(
         "frame_size": cfg.model.frame_size,
         "device": device.type,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": allocator.tuned,  # allocator.py; FOVEAL_MALLOC=default measures without
         "cores": os.cpu_count(),
         "steps": steps,
         "warmup": warmup,
@@ -411,7 +413,8 @@ def format_table(r: dict) -> str:
         f"{r['flops_per_step'] / 1e9:.1f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['mfu']:.1f}% | "
         f"{r['frames_per_s']:.1f} | {r['clips_per_s']:.2f} |",
         "",
-        f"measured matmul peak ({r['precision']}, 2048^3): {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s",
+        f"measured matmul peak ({r['precision']}, 2048^3): {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s; glibc malloc "
+        + ("tuned (allocator.py)" if r.get("malloc_tuned") else "as it was (FOVEAL_MALLOC=default or not glibc)"),
     ]
     if r["device"] == "cpu" and max(r["load_avg_before"], r["load_avg_after"]) > r["cores"]:
         lines.append(

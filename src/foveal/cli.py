@@ -411,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_config)
 
     args = parser.parse_args(argv)
+    from .allocator import keep_large_buffers
     from .train import TrainingError
+
+    keep_large_buffers()
 
     try:
         args.func(args)
