@@ -10,9 +10,9 @@ from foveal.backbones import build_vae
 from foveal.build import build_model
 from foveal.checkpoint import atomic_save, model_state
 from foveal.cli import main
-from foveal.config import load_config
+from foveal.config import load_config, replace
 from foveal.data.dataset import encoder_input
-from foveal.viz import Clip, analyse, draw_attention, load_clip, patch_maps, summary
+from foveal.viz import Clip, analyse, draw_attention, headline, load_clip, patch_maps, summary
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,19 @@ def test_maps_are_the_softmax_the_forward_used(tiny):
         one, _ = patch_maps(w, g, layer=1, head=2)
         torch.testing.assert_close(one, w[:, 1, 2, 1:].reshape(t, g, g))
     assert not torch.allclose(view.attention["coarse"], view.attention["fine"])  # two different queries
+
+
+def test_a_coarse_only_model_is_drawn_with_its_fine_column_marked_untrained(tiny):
+    """A coarse-only control (train.fine_iterations=0) has no fine pass of its own: viz still draws both columns (the
+    report's gallery covers every run) and says the fine one was never trained; the coarse column is unchanged."""
+    cfg, model, vae = tiny
+    clip = load_clip("synthetic:0", cfg)
+    normal = analyse(model, cfg, clip, vae)
+    control = analyse(model, replace(cfg, train={"fine_iterations": 0}), clip, vae)
+    assert normal.fine_trained and not control.fine_trained
+    torch.testing.assert_close(control.attention["coarse"], normal.attention["coarse"])
+    assert set(control.losses) == {"coarse", "fine", "copy"}
+    assert "never trained" in headline(control, -1, None) and "never trained" not in headline(normal, -1, None)
 
 
 def test_a_query_trained_to_look_at_an_object_peaks_there(tmp_path):

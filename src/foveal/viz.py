@@ -45,6 +45,7 @@ class ClipView:
     losses: dict[str, torch.Tensor]  # coarse | fine | copy -> [T] MSE of each frame's prediction; {} for no recon
     pictures: dict[str, torch.Tensor]  # true | coarse | fine | copy -> uint8 [T, 3, H, W] (index t = frame t)
     latent_view: str  # how latents became pictures: "decoded" (VAE decoder) or "latent channels 0-2"
+    fine_trained: bool = True  # False for a coarse-only model: its fine column is the untrained query path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -111,7 +112,9 @@ def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = N
     batch = Batch(encoder_input(frames)[None], targets)
     was_training = model.training
     model.eval()
-    out = model(batch, recon=targets is not None, fine_iterations=cfg.train.fine_iterations, return_attention=True)
+    # a coarse-only model (fine_iterations 0) still has the query path: drawn for comparison, marked untrained
+    fine_iterations = max(1, cfg.train.fine_iterations)
+    out = model(batch, recon=targets is not None, fine_iterations=fine_iterations, return_attention=True)
     model.train(was_training)
     passes = {"coarse": out.coarse, "fine": out.fine[-1]}
     attention = {k: p.attention.weights[:, 0].float().cpu() for k, p in passes.items()}  # [T, L, heads, P]
@@ -127,7 +130,8 @@ def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = N
         pictures = dict(zip(NEXT, flat.unflatten(0, (4, -1))))
         view = "decoded" if decode else "latent channels 0-2"
     patch = model.encoder.patch_size
-    return ClipView(clip, attention, patch, cfg.model.frame_size // patch, losses, pictures, view)
+    grid = cfg.model.frame_size // patch
+    return ClipView(clip, attention, patch, grid, losses, pictures, view, cfg.train.fine_iterations > 0)
 
 
 def patch_maps(weights: torch.Tensor, grid: int, layer: int | None = -1, head: int | None = None):
@@ -266,6 +270,8 @@ def headline(view: ClipView, layer: int | None, head: int | None) -> str:
             f"\nnext-frame MSE (frames 1..): coarse {mean['coarse']:.4f}, fine {mean['fine']:.4f}, "
             f"copy-last {mean['copy']:.4f}, ratio {ratio:.3f}; latents shown as {view.latent_view}"
         )
+    if not view.fine_trained:
+        text += "\ncoarse-only model: its fine column is the query path it never trained, shown for comparison"
     if view.clip.caption:
         text += f"\n“{view.clip.caption}”"
     return text
