@@ -37,7 +37,7 @@ def verdict(metric: dict | None, threshold: float = 1.0) -> str:
 def _show(metric: dict | None, diff: bool = False) -> str:
     if metric is None:
         return ""
-    f = (lambda x: f"{x:+.4f}") if diff else (lambda x: f"{x:.3f}")  # noqa: E731
+    f = (lambda x: f"{x:+.4f}") if diff else (lambda x: f"{x:.4f}")  # noqa: E731  (a "yes" at 1.0001 shows)
     lo, hi = metric["ci"]
     return f" ({f(metric['value'])}" + ("" if math.isnan(lo) else f" [{f(lo)}, {f(hi)}]") + ")"
 
