@@ -32,8 +32,8 @@ class DinoSpec:
     patch_size: int = 14
     image_size: int = 518  # position-embedding grid (37x37 for ViT-S/14); HF interpolates it to frame_size
     init_std: float = 0.02  # "random" weights' std (HF default 0.02; small models then attend ~uniformly, whatever
-    #                         the query: nothing can look anywhere. tiny.yaml and where.yaml raise it so that
-    #                         attention is as peaked as a trained ViT's)
+    #                         the query: nothing can look anywhere. The presets raise it (tiny 0.2, full 0.1)
+    #                         so that attention can focus, as a trained ViT's does)
     freeze: bool = True
 
 
