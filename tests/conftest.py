@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from foveal.config import load_config
+from foveal.log import setup as setup_logging
 
 torch.set_num_threads(2)
 
@@ -39,3 +40,10 @@ def tiny_cfg(tmp_path, cache_dir):
         )
 
     return make
+
+
+@pytest.fixture
+def logs(capsys):
+    """What the command line logs (progress and warnings go to stderr), read as text."""
+    setup_logging()
+    return lambda: capsys.readouterr().err

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.backbones import (
+from foveal.config import ConfigError, DinoSpec, LLMSpec, VAESpec
+from foveal.model.backbones import (
     build_dino,
     build_llm,
     build_tokenizer,
@@ -18,7 +19,6 @@ from foveal.backbones import (
     num_params,
     resolve_llm_folder,
 )
-from foveal.config import ConfigError, DinoSpec, LLMSpec, VAESpec
 
 TINY_DINO = dict(hidden_size=32, num_layers=2, num_heads=2, patch_size=8, image_size=32)
 TINY_VAE = dict(block_out_channels=[8, 16], layers_per_block=1, latent_channels=4, norm_num_groups=4)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
+from foveal.analysis.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
 from foveal.cli import main
 from foveal.config import load_config
 
@@ -161,7 +161,7 @@ def test_allocator_tuning_is_on_by_default_and_can_be_turned_off():
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("glibc only")
-    code = "from foveal.allocator import keep_large_buffers; print(keep_large_buffers())"
+    code = "from foveal.train.allocator import keep_large_buffers; print(keep_large_buffers())"
 
     def tuned(**env) -> str:
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "FOVEAL_MALLOC"))}

@@ -9,7 +9,7 @@ from conftest import tiny_overrides
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.data.synthetic import WORDS
-from foveal.train import train
+from foveal.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def joint_run(tmp_path_factory):
         **{"train.steps": 40, "train.objective": "joint", "data.train_clips": 32, "train.ckpt_every": 40}
     )
     cfg = load_config("tiny", overrides=[*over, f"out_dir={out}", f"cache_dir={out / 'cache'}"])
-    results = train(cfg, quiet=True)
+    results = train(cfg)
     return out, results
 
 

@@ -7,13 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.build import build_model
-from foveal.checkpoint import latest, load_checkpoint
-from foveal.compare import aggregate, compare, tables
+from foveal.analysis.aggregate import aggregate
+from foveal.analysis.compare import compare
+from foveal.analysis.science import seed_claim, verdict
+from foveal.analysis.tables import tables
 from foveal.config import load_config
 from foveal.data.dataset import Collator, build_datasets
-from foveal.evaluate import attention_entropy, copy_last_error, evaluate, h_ablation, make_batch, summarize, target_mass
-from foveal.science import seed_claim, verdict
+from foveal.evaluation.controls import CONTROLS, Evaluated, attention_entropy, target_mass
+from foveal.evaluation.evaluate import evaluate, make_batch
+from foveal.evaluation.stats import Estimate
+from foveal.evaluation.summary import summarize
+from foveal.model.build import build_model
+from foveal.objectives import build_objective, score
+from foveal.train.checkpoint import latest, load_checkpoint
+
+RECON, CAPTION = build_objective("recon"), build_objective("caption")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +36,7 @@ def where(tmp_path_factory):
     model, tok = build_model(cfg)
     _, heldout = build_datasets(cfg)
     targets = torch.randn(len(heldout), 4, *model.target_shape)
+    model.target.store = {heldout[i]["key"]: targets[i] for i in range(len(heldout))}  # the vae target's lookup
     return model, Collator(tok), heldout, targets
 
 
@@ -36,9 +45,10 @@ def test_copy_last_equals_the_hand_computed_mse(where):
     by_hand = np.array(
         [[((targets[i, t] - targets[i, t - 1]) ** 2).mean().item() for t in range(1, 4)] for i in range(len(heldout))]
     )
-    np.testing.assert_allclose(copy_last_error(targets).numpy(), by_hand, rtol=1e-6)
-    arrays = evaluate(model, heldout, targets, collator, recon=True, caption=False, batch_size=4)
+    np.testing.assert_allclose(model.target.copy_last(targets).loss.numpy(), by_hand, rtol=1e-6)
+    arrays = evaluate(model, heldout, collator, RECON, batch_size=4)
     np.testing.assert_allclose(arrays["recon_copy_last"], by_hand, rtol=1e-6)  # across batches of 4 and 2
+    np.testing.assert_allclose(arrays["copy_last_mse"], by_hand, rtol=1e-6)
     assert arrays["recon_coarse"].shape == arrays["recon_fine_h_zero"].shape == (6, 4)
 
 
@@ -54,9 +64,9 @@ def test_caption_video_control_swaps_only_the_frames(where):
         def __getitem__(self, i):
             return heldout[i] | {"frames": heldout[0]["frames"]}
 
-    same = evaluate(model, SameVideo(), None, collator, recon=False, caption=True, batch_size=4)
+    same = evaluate(model, SameVideo(), collator, CAPTION, batch_size=4)
     np.testing.assert_allclose(same["caption_fine_video_other"], same["caption_fine"], rtol=1e-5)
-    real = evaluate(model, heldout, None, collator, recon=False, caption=True, batch_size=4)
+    real = evaluate(model, heldout, collator, CAPTION, batch_size=4)
     assert np.abs(real["caption_fine_video_other"] - real["caption_fine"]).max() > 1e-6
     assert "video_other_minus_fine" in summarize(real)["caption"]
 
@@ -64,24 +74,27 @@ def test_caption_video_control_swaps_only_the_frames(where):
 def test_h_ablation_changes_h_only(where):
     model, collator, heldout, targets = where
     raw = collator([heldout[i] for i in range(3)])
-    batch = make_batch(raw, targets[:3], "cpu", caption=False)
+    batch = make_batch(raw, "cpu", caption=False)
     with torch.no_grad():
-        p = model(batch).fine[0]
+        out = model(batch)
+        coarse, fine = score(model, out, batch, ("recon",))
+    p, own_loss = out.fine[0], fine[0].recon
     before = {k: v.clone() for k, v in model.head.state_dict().items()}
     seen = []  # every (h, prev) the head is called with
     hook = model.head.register_forward_pre_hook(lambda m, args: seen.append([a.detach().clone() for a in args]))
+    ev = Evaluated(model, RECON, batch, out, {"coarse": coarse, "fine": fine[0]}, 1, None)
     with torch.no_grad():
-        out = h_ablation(model, p, batch.targets)
-        own = model.predict_next(p.hidden[:, :4], batch.targets)[1][0]
+        ablated = CONTROLS["h_ablation"](ev)
+        own = model.target.losses(model.predict_next(p.hidden[:, :4], out.targets), out.targets).loss
     hook.remove()
     assert all(torch.equal(before[k], v) for k, v in model.head.state_dict().items())  # weights untouched
     assert all(torch.equal(prev, seen[-1][1]) for _, prev in seen)  # same previous latents in every call
-    torch.testing.assert_close(own, p.recon)  # with its own h, the ablation path gives the pass's loss
+    torch.testing.assert_close(own, own_loss)  # with its own h, the ablation path gives the pass's loss
     h = p.hidden[:, :4]
-    assert torch.equal(seen[0][0], torch.zeros_like(h))
-    assert torch.equal(seen[1][0], torch.cat([h[-1:], h[:-1]]))  # each clip gets the previous clip's h
-    assert not torch.allclose(out["h_zero"], p.recon)
-    assert out["h_zero"].shape == out["h_other"].shape == p.recon.shape
+    assert torch.equal(seen[2][0], torch.zeros_like(h))  # calls: coarse h_zero, coarse h_other, fine h_zero, ...
+    assert torch.equal(seen[3][0], torch.cat([h[-1:], h[:-1]]))  # each clip gets the previous clip's h
+    assert not torch.allclose(ablated["recon_fine_h_zero"], own_loss)
+    assert ablated["recon_fine_h_zero"].shape == ablated["recon_fine_h_other"].shape == own_loss.shape
 
 
 def test_target_mass_counts_only_target_patches():
@@ -105,7 +118,7 @@ def test_attention_entropy_is_one_when_uniform_and_zero_when_peaked():
 
 def test_evaluate_reports_attention_on_the_target(where):
     model, collator, heldout, targets = where
-    arrays = evaluate(model, heldout, targets, collator, recon=True, caption=False)
+    arrays = evaluate(model, heldout, collator, RECON)
     assert arrays["attention_fine"].shape == (6, 4, model.encoder.dino.config.num_hidden_layers)
     assert ((arrays["attention_fine"] >= 0) & (arrays["attention_fine"] <= 1)).all()
     chance = np.stack([heldout.target_patches(i, 8).float().numpy().sum(1) / 65 for i in range(6)])
@@ -123,7 +136,7 @@ def test_compare_with_controls_trains_a_coarse_only_model(tiny_cfg, tmp_path):
     table pairs its held-out loss with the fine path's, clip by clip."""
     cfg = tiny_cfg()
     init, _ = build_model(cfg)  # every component is seeded by name: the runs start from these weights
-    rows = compare(cfg, ["film"], tmp_path / "cmp", quiet=True, controls=True)
+    rows = compare(cfg, ["film"], tmp_path / "cmp", controls=True)
     only = Path(tmp_path / "cmp" / "film-coarse-only")
     trained = load_checkpoint(latest(only / "checkpoints"))["model"]
     for name in ("q_init", "fine_token", "llm_to_query.weight"):
@@ -149,19 +162,26 @@ def test_seeds_aggregate_to_a_student_t_interval():
              "max_ratio": 1.1, "loss_fine": 0.2, "loss_coarse": 0.2}  # fmt: skip
     runs = [
         {
-            "metrics": {"recon_ratio": (v, v - 0.01, v + 0.01)},
+            "metrics": {
+                "recon_ratio": Estimate(v, v - 0.01, v + 0.01, "clips", 8),
+                "final_ratio": Estimate(v),
+                "ratio_above_1": Estimate(0.5),
+                "loss_fine_train": Estimate(0.2),
+                "loss_coarse_train": Estimate(0.2 * v),
+            },
             "layers": {"fine": [v, v]},
             "step_ratios": {},
             "result": first | {"final_ratio": v},
         }  # fmt: skip
         for v in (1.0, 1.1, 1.2)
     ]
-    row = aggregate(first, runs)
+    row = aggregate(runs)
     metric = row["metrics"]["recon_ratio"]
-    assert metric["over"] == "seeds" and metric["value"] == pytest.approx(1.1)
+    assert metric["over"] == "seeds" and metric["value"] == pytest.approx(1.1) and metric["values"] == [1.0, 1.1, 1.2]
     assert metric["ci"][1] - 1.1 == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
     assert row["attention_layers"]["fine"] == pytest.approx([1.1, 1.1])
-    single = aggregate(first, runs[:1])["metrics"]["recon_ratio"]
+    assert row["loss_coarse"] == pytest.approx(0.22)  # every field from all seeds, none from the first alone
+    single = aggregate(runs[:1])["metrics"]["recon_ratio"]
     assert single["over"] == "clips" and single["ci"] == [0.99, 1.01]  # one seed: the bootstrap interval
     assert row["final_ratio"] == pytest.approx(1.1) and row["heldout_ratio"] == pytest.approx(1.1)
     assert "1.1000 [0.8516, 1.3484]" in tables([row])

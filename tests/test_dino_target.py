@@ -9,14 +9,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import tiny_overrides
-from foveal.build import build_model
+from foveal.analysis.inference import load_run
 from foveal.cli import main
 from foveal.config import ConfigError, load_config, replace
-from foveal.data.dataset import build_datasets, encoder_input
-from foveal.dino_target import fit_pca
-from foveal.evaluate import copy_last_features, make_batch
-from foveal.heads import HEADS, Head, build_head
-from foveal.model import frame_losses
+from foveal.data.dataset import build_datasets
+from foveal.data.frames import encoder_input
+from foveal.model.build import build_model
+from foveal.model.foveated import Batch
+from foveal.model.heads import HEADS, Head, build_head
+from foveal.model.targets import frame_losses
+from foveal.model.targets.dino import fit_pca
+from foveal.objectives import score
 
 
 class IdentityLinear(Head):
@@ -50,7 +53,21 @@ def plain(tmp_path_factory):
 
 def frames_batch(items):
     """Dataset items -> a Batch of their frames only (the dino target needs nothing else)."""
-    return make_batch({"frames": torch.stack([it["frames"] for it in items]), "index": None}, None, "cpu", False)
+    return Batch(encoder_input(torch.stack([it["frames"] for it in items])))
+
+
+def recon(model, out, batch):
+    """Each pass's per-frame recon scores."""
+    coarse, fine = score(model, out, batch, ("recon",))
+    return [coarse, *fine]
+
+
+def copy_last_features(model, clips):
+    """Copy-last on these clips through the model's own target: frame t-1's features as frame t's."""
+    batch = frames_batch(clips)
+    with torch.no_grad():
+        c = model.target.copy_last(model.target(batch, model.encode(batch.frames)))
+    return {"mse": c.mse.numpy(), "cosine": c.cosine.numpy()}
 
 
 def with_head(model, head):
@@ -74,10 +91,10 @@ def test_identity_predictor_at_gap_0_has_zero_loss_and_at_gap_1_equals_copy_last
     _, still = build_datasets(replace(cfg, data={"frame_gap": 0}))  # every frame is the first one
     still_batch = frames_batch([still[i] for i in range(2)])
     with torch.no_grad():
-        at_gap = {0: model(still_batch), 1: model(batch)}
+        at_gap = {0: recon(model, model(still_batch), still_batch), 1: recon(model, model(batch), batch)}
     copy = copy_last_features(model, [heldout[i] for i in range(2)])
-    for gap, out in at_gap.items():
-        for p in (out.coarse, out.fine[0]):
+    for gap, scores in at_gap.items():
+        for p in scores:
             if gap == 0:  # predicting frame t from frame t-1 is exact
                 assert p.recon[:, 1:].abs().max() < 1e-10
                 assert (p.cosine[:, 1:] > 1 - 1e-5).all()
@@ -133,13 +150,13 @@ def test_no_gradient_into_the_encoder_through_the_targets(plain):
     sends none either, while a head that reads h does (the test can tell the two apart)."""
     _, model, _, _, batch = plain
     frozen = copy.deepcopy(model).train()
-    frozen(batch).fine[0].recon.mean().backward()
+    recon(frozen, frozen(batch), batch)[1].recon.mean().backward()
     assert all(p.grad is None for p in frozen.encoder.dino.parameters())
 
     for head, reaches in ((IdentityLinear(model.target_shape[0]), False), (model.head, True)):
         trainable = with_head(model, head).train()
         trainable.encoder.dino.requires_grad_(True)  # what model.dino.freeze=false builds
-        trainable(batch).fine[0].recon.mean().backward()
+        recon(trainable, trainable(batch), batch)[1].recon.mean().backward()
         grads = [p.grad.abs().sum().item() for p in trainable.encoder.dino.parameters() if p.grad is not None]
         assert (sum(grads) > 0) is reaches, head.name
 
@@ -147,14 +164,15 @@ def test_no_gradient_into_the_encoder_through_the_targets(plain):
 def test_pca_is_a_fitted_orthonormal_reduction(cache_dir):
     _, model, train_set, _, _ = dino_setup(cache_dir, **{"model.dino_target.pca": 8})
     with pytest.raises(RuntimeError, match="not fitted"):
-        model.target(torch.zeros(2, 65, 128), 1, 2)
-    info = fit_pca(model, train_set, clips=4)
+        model.target(Batch(torch.zeros(1, 2, 3, 64, 64)), model.encode(torch.zeros(1, 2, 3, 64, 64)))
+    info = fit_pca(model.target, model, train_set, clips=4)
     basis, explained = model.target.basis, model.target.explained
     torch.testing.assert_close(basis.T @ basis, torch.eye(8), atol=1e-5, rtol=0)
     assert (explained[:-1] >= explained[1:]).all() and 0 < info["explained_variance"] < 1
     frames = torch.stack([train_set[i]["frames"] for i in range(4)])  # the clips the PCA was fitted on
     with torch.no_grad():
-        y = model.target(model.encode(encoder_input(frames)).features, 4, 4)  # [4, 4, 8, 8, 8]
+        x = encoder_input(frames)
+        y = model.target(Batch(x), model.encode(x))  # [4, 4, 8, 8, 8]
     y = y.transpose(2, 4).reshape(-1, 8).double()
     var = y.var(0, unbiased=False)
     assert y.mean(0).abs().max() < 1e-3  # centred
@@ -167,9 +185,10 @@ def test_pca_is_a_fitted_orthonormal_reduction(cache_dir):
     for name in sorted(HEADS):
         torch.manual_seed(0)
         other = with_head(model, build_head(name, model.llm.config.hidden_size, 8, 8))
-        out = other(frames_batch([train_set[i] for i in range(2)]))
+        b = frames_batch([train_set[i] for i in range(2)])
+        out = other(b)
         assert out.fine[0].pred.shape == (2, 4, 8, 8, 8)
-        loss = out.fine[0].recon.mean() + out.coarse.recon.mean()
+        loss = sum(s.recon.mean() for s in recon(other, out, b))
         assert torch.isfinite(loss)
         loss.backward()
         assert all(p.grad is not None for p in other.head.parameters()), name
@@ -180,7 +199,7 @@ def test_cls_option_appends_the_cls_feature_to_every_position(cache_dir):
     assert model.target_shape == (256, 8, 8)
     with torch.no_grad():
         cache = model.encode(batch.frames)
-        targets = model.with_targets(batch, cache).targets  # [B, T, 2D, S, S]
+        targets = model.target(batch, cache)  # [B, T, 2D, S, S]
     cls = cache.features[:, 0].view(2, 4, 128)
     assert torch.equal(targets[:, :, 128:, 3, 5], cls)
     assert torch.equal(targets[:, :, :128, 0, 0], cache.features[:, 1].view(2, 4, 128))
@@ -191,7 +210,7 @@ def test_losses_report_mse_and_cosine_whatever_the_loss():
     target = torch.randn(2, 3, 5, 4, 4)
     pred = 2 * target  # same direction everywhere: cosine 1, MSE = mean(target^2)
     for kind in ("mse", "smooth_l1", "cosine"):
-        loss, mse, cos = frame_losses(pred, target, kind)
+        loss, mse, cos = vars(frame_losses(pred, target, kind)).values()
         torch.testing.assert_close(mse, target.pow(2).flatten(2).mean(-1))
         torch.testing.assert_close(cos, torch.ones(2, 3))
         expected = {
@@ -200,7 +219,7 @@ def test_losses_report_mse_and_cosine_whatever_the_loss():
             "cosine": torch.zeros(2, 3),
         }[kind]
         torch.testing.assert_close(loss, expected)
-    loss, _, cos = frame_losses(-target, target, "cosine")
+    loss = frame_losses(-target, target, "cosine").loss
     torch.testing.assert_close(loss, torch.full((2, 3), 2.0))
 
 
@@ -251,13 +270,14 @@ def test_compare_on_the_dino_target_has_the_copy_last_row_and_the_gap(tmp_path, 
     assert [r["head"] for r in rows] == ["film", "mlp"]
     for r in rows:
         assert r["target"] == "dino" and r["frame_gap"]["frames"] == 2 and r["target_shape"] == [16, 8, 8]
-        assert r["copy_last"]["mse"] == rows[0]["copy_last"]["mse"]  # frozen encoder: one control for all heads
-        assert -1 <= r["cos_fine"] <= 1 and r["mse_fine"] == r["loss_fine"]  # mse is the default loss
-        held = json.loads((out / r["head"] / "results.json").read_text())["heldout"]["recon"]
+        m = r["metrics"]
+        assert m["copy_last_mse"] == rows[0]["metrics"]["copy_last_mse"]  # frozen encoder: one control for all heads
+        result = json.loads((out / r["head"] / "results.json").read_text())
+        assert -1 <= result["cos_fine"] <= 1 and result["mse_fine"] == result["loss_fine"]  # mse is the default loss
+        assert m["h_zero_minus_fine"]["over"] == "clips"  # the h-ablation, as on every target
+        held = result["heldout"]["recon"]
         assert {"mse_fine_after_first", "cos_fine_after_first", "cos_coarse"} <= set(held)
     # the fitted reduction is saved in the run and carried by its checkpoint
-    from foveal.inference import load_run
-
     saved = load_file(str(out / "film" / "target_pca.safetensors"))
     _, model, _ = load_run(out / "film")
     assert torch.equal(model.target.basis, saved["basis"]) and torch.equal(model.target.mean, saved["mean"])

@@ -1,8 +1,8 @@
 import torch
 
-from foveal.backbones import build_dino
 from foveal.config import DinoSpec
-from foveal.encoder import FoveatedEncoder
+from foveal.model.backbones import build_dino
+from foveal.model.encoder import FoveatedEncoder
 
 
 def make_encoder(deep=True, seed=0):

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from foveal.build import build_model
 from foveal.config import ConfigError, load_config, replace
-from foveal.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes
-from foveal.train import train
+from foveal.model.build import build_model
+from foveal.train.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes
+from foveal.train.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_cache_needs_a_frozen_encoder():
         load_config("tiny", overrides=["train.encoder_cache=true", "model.dino.freeze=false"])
 
 
-def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, capsys):
+def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, logs):
     """Two epochs over 4 clips: the second epoch reads every clip from the cache; the losses stay the same."""
     kw = {"data.train_clips": 4, "data.heldout_clips": 2, "train.steps": 4, "train.grad_accum": 1}
     rows = []
@@ -76,5 +76,5 @@ def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, ca
         train(cfg)
         lines = (tmp_path / f"run{on}" / "metrics.jsonl").read_text().splitlines()
         rows.append([json.loads(x)["loss"] for x in lines])
-    assert "encoder cache:" in capsys.readouterr().out
+    assert "encoder cache:" in logs()
     torch.testing.assert_close(torch.tensor(rows[1]), torch.tensor(rows[0]), rtol=1e-4, atol=1e-6)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from foveal.heads import HEADS, build_head
+from foveal.config import ConfigError
+from foveal.model.heads import HEADS, build_head
 
 # Reference counts at H=576, C=4, S=32 (the prediction-head study; verified by arithmetic in its spec).
 REFERENCE_PARAMS = {"film": 1_300_612, "mlp": 22_167_552, "cross_attention": 1_325_572}
@@ -38,5 +39,5 @@ def test_head_uses_h(name):
 
 
 def test_registry_rejects_unknown_head():
-    with pytest.raises(KeyError, match="registered"):
+    with pytest.raises(ConfigError, match="model.head: .* is not allowed"):
         build_head("nope", 8, 4, 8)

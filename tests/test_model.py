@@ -2,15 +2,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foveal.build import build_model
-from foveal.data.dataset import Collator, build_datasets, encoder_input
-from foveal.model import IGNORE, Batch, sample
+from foveal.config import load_config
+from foveal.data.dataset import Collator, build_datasets
+from foveal.data.frames import encoder_input
+from foveal.model.build import build_model
+from foveal.model.foveated import Batch, sample
+from foveal.objectives import score, score_passes
+from foveal.objectives.base import IGNORE
+
+BOTH = ("recon", "caption")
+
+
+def ar_scores(model, batch, **kw):
+    """The autoregressive path's pass and its scores."""
+    p, targets = model.forward_autoregressive(batch, caption=True, **kw)
+    return p, score_passes(model, [p], targets, batch, BOTH)[0]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from foveal.config import load_config
-
     cfg = load_config("tiny", overrides=["data.num_frames=4", f"cache_dir={tmp_path_factory.mktemp('c')}"])
     torch.manual_seed(0)
     model, tok = build_model(cfg)
@@ -61,25 +71,27 @@ def test_clips_in_a_batch_do_not_interact(setup):
 
 def test_autoregressive_cache_equals_recompute(setup):
     model, _, batch = setup
-    cached = model.forward_autoregressive(batch, caption=True, use_cache=True)
-    fresh = model.forward_autoregressive(batch, caption=True, use_cache=False)
+    cached, cached_s = ar_scores(model, batch, use_cache=True)
+    fresh, fresh_s = ar_scores(model, batch, use_cache=False)
     torch.testing.assert_close(cached.hidden, fresh.hidden, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(cached.caption_sum, fresh.caption_sum, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(cached.recon, fresh.recon, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached_s.caption_sum, fresh_s.caption_sum, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached_s.recon, fresh_s.recon, atol=1e-5, rtol=1e-4)
 
 
 def test_fine_pass_equals_autoregressive_fed_the_coarse_queries(setup):
     model, _, batch = setup
     out = model(batch, caption=True)
-    ar = model.forward_autoregressive(batch, queries=out.fine[0].queries, caption=True)
+    _, (fine,) = score(model, out, batch, BOTH)
+    ar, ar_s = ar_scores(model, batch, queries=out.fine[0].queries)
     torch.testing.assert_close(ar.hidden, out.fine[0].hidden, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ar.recon, out.fine[0].recon, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ar.caption_sum, out.fine[0].caption_sum, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ar_s.recon, fine.recon, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ar_s.caption_sum, fine.caption_sum, atol=1e-4, rtol=1e-4)
 
 
 def test_caption_labels_eos_counts_padding_never(setup):
     model, tok, batch = setup
     out = model(batch, recon=False, caption=True)
+    coarse, _ = score(model, out, batch, ("caption",))
     t = batch.frames.shape[1]
     for row in range(2):
         n = int(batch.caption_mask[row].sum())
@@ -88,8 +100,8 @@ def test_caption_labels_eos_counts_padding_never(setup):
         # the state at video_end predicts caption token 0, the state at token i predicts token i+1 (eos last)
         logits = model.llm.lm_head(out.coarse.hidden[row, t + 1 : t + 1 + n])
         expected = F.cross_entropy(logits, ids, reduction="sum")
-        torch.testing.assert_close(out.coarse.caption_sum[row], expected, atol=1e-4, rtol=1e-5)
-        assert out.coarse.caption_count[row].item() == n
+        torch.testing.assert_close(coarse.caption_sum[row], expected, atol=1e-4, rtol=1e-5)
+        assert coarse.caption_count[row].item() == n
     assert (batch.caption_mask.sum(1) != batch.caption_mask.shape[1]).any(), "the test needs one padded caption"
 
 
@@ -100,8 +112,8 @@ def test_padding_does_not_change_the_loss(setup):
     single = Batch(
         batch.frames[row : row + 1], None, batch.caption_ids[row : row + 1, :n], batch.caption_mask[row : row + 1, :n]
     )
-    a = model(single, recon=False, caption=True).coarse.caption_sum
-    b = model(batch, recon=False, caption=True).coarse.caption_sum[row]
+    a = score(model, model(single, recon=False, caption=True), single, ("caption",))[0].caption_sum
+    b = score(model, model(batch, recon=False, caption=True), batch, ("caption",))[0].caption_sum[row]
     torch.testing.assert_close(a[0], b, atol=1e-4, rtol=1e-5)
     assert IGNORE == -100
 
@@ -111,7 +123,8 @@ def test_multi_fine_iterations(setup):
     out = model(batch, caption=True, fine_iterations=3)
     assert len(out.fine) == 3
     assert not torch.equal(out.fine[0].queries, out.fine[1].queries)
-    assert all(p.recon is not None and p.caption_sum is not None for p in out.fine)
+    _, fine = score(model, out, batch, BOTH)
+    assert all(s.recon is not None and s.caption_sum is not None for s in fine)
 
 
 def test_generation_modes_and_sampling(setup):
@@ -134,8 +147,6 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
 
 def test_deep_query_flag_is_honoured(tmp_path):
     """The reference once ignored deep_query=false (its BUG-010)."""
-    from foveal.config import load_config
-
     for deep in (True, False):
         cfg = load_config("tiny", overrides=[f"model.deep_query={str(deep).lower()}", f"cache_dir={tmp_path}"])
         model, _ = build_model(cfg)

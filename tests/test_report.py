@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
+from foveal.analysis.report import write_report
 from foveal.cli import main
 from foveal.config import load_config
-from foveal.report import write_report
-from foveal.train import train
+from foveal.train.loop import train
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
@@ -41,7 +41,8 @@ def run(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("report") / "run"
     over = tiny_overrides(**{"train.steps": 3, "train.report_clips": 2})
     cfg = load_config("tiny", overrides=[*over, f"out_dir={out}", f"cache_dir={cache_dir}"])
-    train(cfg, quiet=True)
+    train(cfg)
+    write_report(out)  # what `foveal train` does after training
     return out
 
 
@@ -67,7 +68,7 @@ def test_compare_folder_report_links_into_each_head_and_reuses_their_gallery(run
         shutil.copytree(run, cmp / head)  # copy2 keeps the checkpoint's mtime, so its gallery stamp still holds
     (cmp / "summary.json").write_text(json.dumps([{"head": "mlp"}, {"head": "film"}]))
     before = (cmp / "film" / "viz" / "synthetic-0.png").stat().st_mtime_ns
-    page = write_report(cmp, quiet=True)
+    page = write_report(cmp)
     assert (cmp / "film" / "viz" / "synthetic-0.png").stat().st_mtime_ns == before  # reused, not redrawn
     refs, _ = references(page)
     assert "film/viz/synthetic-0.gif" in refs and "mlp/viz/synthetic-1.png" in refs

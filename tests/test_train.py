@@ -12,11 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import foveal.model.heads as heads
 from conftest import tiny_overrides
-from foveal.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
+from foveal.cli import main
 from foveal.config import ConfigError, load_config
 from foveal.data.dataset import micro_batch
-from foveal.train import TrainingError, param_groups, train
+from foveal.model.build import build_model
+from foveal.train.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
+from foveal.train.loop import TrainingError, train
+from foveal.train.optim import param_groups
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -85,8 +89,6 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
 
 
 def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
-    from foveal.build import build_model
-
     model, _ = build_model(tiny_cfg())
     state = {f"module._orig_mod.{k}": v.clone() + 1 for k, v in model.state_dict().items()}
     assert set(strip_prefixes(state)) == set(model.state_dict())
@@ -96,8 +98,6 @@ def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
 
 
 def test_param_groups_put_every_new_module_in_the_connector(tiny_cfg):
-    from foveal.build import build_model
-
     cfg = tiny_cfg()
     model, _ = build_model(cfg)
     groups = param_groups(model, cfg.train)
@@ -117,8 +117,6 @@ def test_param_groups_put_every_new_module_in_the_connector(tiny_cfg):
 
 
 def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
-    import foveal.heads as heads
-
     calls = {"n": 0}
     original = heads.FiLMHead.predict
 
@@ -129,7 +127,7 @@ def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(heads.FiLMHead, "predict", flaky)
     cfg = tiny_cfg(**{"train.steps": 4})
-    results = train(cfg, quiet=True)
+    results = train(cfg)
     assert results["nonfinite_steps"] == 1
     assert results["steps"] == 3  # the skipped step has no ratio
     rows = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -137,8 +135,6 @@ def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
 
 
 def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_cfg, monkeypatch):
-    import foveal.heads as heads
-
     calls = {"n": 0}
     original = heads.FiLMHead.predict
 
@@ -150,7 +146,7 @@ def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_c
     monkeypatch.setattr(heads.FiLMHead, "predict", breaks_after_one_step)
     cfg = tiny_cfg(**{"train.steps": 10, "train.max_nonfinite": 3, "train.ckpt_every": 100})
     with pytest.raises(TrainingError, match="3 consecutive"):
-        train(cfg, quiet=True)
+        train(cfg)
     ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.pt"))
     assert ckpts, "no checkpoint written"
     state = load_checkpoint(ckpts[-1])
@@ -178,8 +174,6 @@ def test_config_errors_name_the_key(override, message):
 
 
 def test_cli_reports_config_errors_cleanly(capsys):
-    from foveal.cli import main
-
     assert main(["train", "train.steps=0"]) == 2
     assert "train.steps: must be >= 1" in capsys.readouterr().err
 
@@ -197,7 +191,7 @@ def test_run_writes_only_inside_its_run_and_cache_folders(tmp_path, monkeypatch)
     cfg = load_config(
         "tiny", overrides=[*tiny_overrides(**{"train.tensorboard": True}), "out_dir=run", "cache_dir=cache"]
     )
-    train(cfg, quiet=True)
+    train(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
@@ -227,9 +221,9 @@ def test_two_rank_ddp_equals_one_rank_with_the_doubled_batch(tmp_path, cache_dir
 
 def test_a_fresh_run_never_mixes_with_an_earlier_one(tiny_cfg):
     cfg = tiny_cfg(**{"train.steps": 2})
-    train(cfg, quiet=True)
+    train(cfg)
     with pytest.raises(TrainingError, match="--resume to continue it, --overwrite"):
-        train(cfg, quiet=True)
+        train(cfg)
     again = train(
         load_config(
             "tiny",
@@ -240,7 +234,6 @@ def test_a_fresh_run_never_mixes_with_an_earlier_one(tiny_cfg):
                 "resume=latest",
             ],
         ),
-        quiet=True,
     )
     assert again["steps"] == 3  # two from the first run, one more
     fresh = load_config(
@@ -252,4 +245,40 @@ def test_a_fresh_run_never_mixes_with_an_earlier_one(tiny_cfg):
             "overwrite=true",
         ],
     )
-    assert train(fresh, quiet=True)["steps"] == 2
+    assert train(fresh)["steps"] == 2
+
+
+def test_weight_decay_reaches_every_weight_matrix(tiny_cfg):
+    """Transposed convolutions and nn.MultiheadAttention's packed input projection are weight matrices too (the
+    spatial transformer head has both); biases, norms and learned tokens are not decayed."""
+    cfg = tiny_cfg(**{"model.head": "spatial_transformer"})
+    model, _ = build_model(cfg)
+    decay = {id(p) for g in param_groups(model, cfg.train) if g["weight_decay"] > 0 for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert id(model.head.unembed.weight) in decay  # ConvTranspose2d
+    assert id(model.head.blocks[0].self_attn.in_proj_weight) in decay
+    assert id(model.head.blocks[0].multihead_attn.in_proj_weight) in decay
+    for name in ("head.unembed.bias", "head.norm.weight", "q_static", "z_init", "head.pos_embed"):
+        assert id(named[name]) not in decay, name
+
+
+def test_a_skipped_step_still_advances_the_schedule_and_best_follows_the_step_loss(tiny_cfg, monkeypatch):
+    calls = {"n": 0}
+    original = heads.FiLMHead.predict
+
+    def flaky(self, h, prev):
+        calls["n"] += 1
+        out = original(self, h, prev)
+        return out * float("nan") if calls["n"] == 3 else out  # step 1 is skipped
+
+    monkeypatch.setattr(heads.FiLMHead, "predict", flaky)
+    cfg = tiny_cfg(**{"train.steps": 4, "train.warmup_steps": 4, "train.ckpt_every": 1})
+    train(cfg)
+    rows = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    # linear warm-up over 4 steps: the lr after step s is lr * (s + 2) / 4, whether or not step 1 updated
+    assert lrs == pytest.approx({s: cfg.train.lr * min(1.0, (s + 2) / 4) for s in (0, 2, 3)})
+    best = json.loads((Path(cfg.out_dir) / "checkpoints" / "best.json").read_text())
+    losses = {r["step"] + 1: r["loss"] for r in rows if "loss" in r}  # checkpoint of step s holds s steps
+    assert best["metric"] == pytest.approx(losses[best["step"]])  # the same kind of number at every save
+    assert best["metric"] == pytest.approx(min(losses.values()))

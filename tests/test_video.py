@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from foveal.config import ConfigError, SynthSpec, load_config, replace
-from foveal.data.dataset import SyntheticClips, resize_frames
+from foveal.data.dataset import SyntheticClips
 from foveal.data.export import write_frames, write_manifest, write_synthetic, write_video
+from foveal.data.frames import resize_frames
 from foveal.data.loader import micro_batches
 from foveal.data.synthetic import render_clip
 from foveal.data.video import file_datasets, select_frames
@@ -298,10 +299,11 @@ def test_workers_keep_the_order_resume_and_survive_a_crash(capfd):
 def test_training_on_files_reports_skips_and_reads_the_cache(tmp_path, tiny_cfg, monkeypatch):
     """precompute encodes every clip once; training then encodes nothing (encode_latents would raise); the bad
     inputs are counted in results.json; a different VAE or sampling needs new entries."""
-    import foveal.data.dataset as dataset_module
-    from foveal.data.dataset import LatentCache, build_datasets
-    from foveal.precompute import precompute
-    from foveal.train import train
+    import foveal.model.targets.vae as vae_module
+    from foveal.analysis.precompute import precompute
+    from foveal.data.dataset import build_datasets
+    from foveal.data.latent_cache import LatentCache
+    from foveal.train.loop import train
 
     manifest, expected = make_bad_inputs(tmp_path)
     for i in range(3, 8):
@@ -310,15 +312,15 @@ def test_training_on_files_reports_skips_and_reads_the_cache(tmp_path, tiny_cfg,
     manifest.write_text(rows)
     over = {"data.source": str(manifest), "data.heldout_clips": 2, "data.num_frames": 8, "train.steps": 2}
     cfg = tiny_cfg(**over, **{"data.train_clips": 0, "model.frame_size": 32, "cache_dir": str(tmp_path / "c")})
-    stats = precompute(cfg, quiet=True)
+    stats = precompute(cfg)
     assert stats["train"]["encoded"] == 6 and stats["heldout"]["encoded"] == 2
-    assert precompute(cfg, quiet=True)["train"]["encoded"] == 0
+    assert precompute(cfg)["train"]["encoded"] == 0
 
     def no_encoding(*a, **k):
         raise AssertionError("a cached clip was encoded again")
 
-    monkeypatch.setattr(dataset_module, "encode_latents", no_encoding)
-    results = train(cfg, quiet=True)
+    monkeypatch.setattr(vae_module, "encode_latents", no_encoding)
+    results = train(cfg)
     assert results["data_skipped"] == {reason: len(names) for reason, names in expected.items()}
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["data_skipped_files"] == expected
@@ -327,7 +329,7 @@ def test_training_on_files_reports_skips_and_reads_the_cache(tmp_path, tiny_cfg,
     assert cache.missing(build_datasets(cfg)[0].keys()) == []
     resampled = build_datasets(replace(cfg, data={"resize": "squash"}))[0]
     assert cache.missing(resampled.keys()) == list(range(len(resampled)))
-    assert precompute(replace(cfg, train={"seed": 1}), quiet=True)["train"]["encoded"] == 6  # another random VAE
+    assert precompute(replace(cfg, train={"seed": 1}))["train"]["encoded"] == 6  # another random VAE
 
 
 def test_cli_data_synth_precompute_and_info(tmp_path, capsys):

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.backbones import build_vae
-from foveal.build import build_model
-from foveal.checkpoint import atomic_save, model_state
+from foveal.analysis.viz import Clip, analyse, draw_attention, headline, load_clip, patch_maps, summary
 from foveal.cli import main
 from foveal.config import load_config, replace
-from foveal.data.dataset import encoder_input
-from foveal.viz import Clip, analyse, draw_attention, headline, load_clip, patch_maps, summary
+from foveal.data.frames import encoder_input
+from foveal.model.backbones import build_vae
+from foveal.model.build import build_model
+from foveal.train.checkpoint import atomic_save, model_state
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,32 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what is allowed."""
 
 
+REGISTRIES: dict[str, Registry] = {}  # config key (e.g. "model.head") -> the registry its value is looked up in
+
+
+class Registry(dict):
+    """name -> component class for one config key. Heads, targets and objectives each have one: a component file
+    registers itself with `@REGISTRY.register("name")`, and `validate` checks the key against what is registered."""
+
+    def __init__(self, key: str):
+        super().__init__()
+        self.key = key
+        REGISTRIES[key] = self
+
+    def register(self, name: str):
+        def add(cls):
+            self[name] = cls
+            cls.name = name
+            return cls
+
+        return add
+
+    def get_class(self, name: str):
+        if name not in self:
+            raise ConfigError(f"{self.key}: {name!r} is not allowed; choose one of {', '.join(sorted(self))}")
+        return self[name]
+
+
 @dataclass
 class DinoSpec:
     """Vision encoder (DINOv2 architecture)."""
@@ -295,35 +321,33 @@ def replace(cfg: RunConfig, **sections) -> RunConfig:
 # Validation: every impossible value is caught before any work starts
 
 
+def positive(key: str, value, minimum=1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+
+
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
-def _positive(key: str, value, minimum=1) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key}: must be >= {minimum}, got {value}")
+def _lookup(cfg: RunConfig, key: str):
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def validate(cfg: RunConfig) -> None:
-    from .heads import HEADS
-
+    """Every impossible value, before any work. Component choices are checked against their registries (those
+    loaded so far: every command loads them all), and each chosen component checks its own options."""
+    classes = [registry.get_class(_lookup(cfg, key)) for key, registry in REGISTRIES.items()]
     m, d, t = cfg.model, cfg.data, cfg.train
-    _one_of("model.head", m.head, sorted(HEADS))
-    _one_of("model.target", m.target, ["vae", "dino"])
     _one_of("model.target_loss", m.target_loss, ["mse", "smooth_l1", "cosine"])
-    channels = m.dino.hidden_size * (2 if m.dino_target.cls else 1)
-    if m.target == "dino" and m.dino.source == "random" and m.dino_target.pca > channels:
-        raise ConfigError(f"model.dino_target.pca: {m.dino_target.pca} exceeds the {channels} feature channels")
-    _positive("model.dino_target.pca", m.dino_target.pca, 0)
-    _positive("model.dino_target.fit_clips", m.dino_target.fit_clips, 0)
-    _positive("model.frame_size", m.frame_size)
-    _positive("model.query_dim", m.query_dim)
+    positive("model.frame_size", m.frame_size)
+    positive("model.query_dim", m.query_dim)
     if m.frame_size < m.dino.patch_size:
         raise ConfigError(f"model.frame_size: {m.frame_size} is smaller than one patch ({m.dino.patch_size} px)")
-    vae_factor = 2 ** (len(m.vae.block_out_channels) - 1)
-    if m.target == "vae" and m.frame_size % vae_factor:
-        raise ConfigError(f"model.frame_size: {m.frame_size} is not divisible by the VAE downsampling {vae_factor}")
     if m.dino.init_std <= 0:
         raise ConfigError(f"model.dino.init_std: must be > 0, got {m.dino.init_std}")
     if m.dino.hidden_size % m.dino.num_heads:
@@ -334,8 +358,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.visual_scale: must be > 0 or null, got {m.visual_scale}")
     if d.num_frames < 2:
         raise ConfigError(f"data.num_frames: must be >= 2 (a next frame must exist), got {d.num_frames}")
-    _positive("data.train_clips", d.train_clips, 0)
-    _positive("data.heldout_clips", d.heldout_clips, 0)
+    positive("data.train_clips", d.train_clips, 0)
+    positive("data.heldout_clips", d.heldout_clips, 0)
     _one_of("data.resize", d.resize, ["crop", "squash"])
     kind, _, value = d.window.partition(":")
     try:
@@ -346,7 +370,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>' (numbers > 0)")
     if d.frame_rate <= 0:
         raise ConfigError(f"data.frame_rate: must be > 0, got {d.frame_rate}")
-    _positive("data.frame_gap", d.frame_gap, 0)
+    positive("data.frame_gap", d.frame_gap, 0)
     if d.frame_gap != 1 and d.source != "synthetic":
         raise ConfigError(
             "data.frame_gap: only synthetic clips are rendered with a gap; for video files the gap between frames "
@@ -358,23 +382,22 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"data.synthetic.{key}: need [min, max] with 0 < min <= max <= 1, got {value}")
     if d.synthetic.speed < 0 or (d.synthetic.other_speed or 0) < 0:
         raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
-    _positive("data.synthetic.num_objects", d.synthetic.num_objects)
-    _one_of("train.objective", t.objective, ["recon", "caption", "joint"])
+    positive("data.synthetic.num_objects", d.synthetic.num_objects)
     _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
-    _positive("train.fine_iterations", t.fine_iterations, 0)
+    positive("train.fine_iterations", t.fine_iterations, 0)
     if t.fine_iterations == 0 and t.coarse_weight == 0:
         raise ConfigError(
             "train.fine_iterations=0 (coarse-only) trains the coarse pass alone: set train.coarse_weight > 0"
         )
-    _positive("train.steps", t.steps)
-    _positive("train.batch_size", t.batch_size)
-    _positive("train.grad_accum", t.grad_accum)
-    _positive("train.keep_last", t.keep_last)
-    _positive("train.max_nonfinite", t.max_nonfinite)
-    _positive("train.warmup_steps", t.warmup_steps, 0)
-    _positive("train.report_clips", t.report_clips, 0)
+    positive("train.steps", t.steps)
+    positive("train.batch_size", t.batch_size)
+    positive("train.grad_accum", t.grad_accum)
+    positive("train.keep_last", t.keep_last)
+    positive("train.max_nonfinite", t.max_nonfinite)
+    positive("train.warmup_steps", t.warmup_steps, 0)
+    positive("train.report_clips", t.report_clips, 0)
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
@@ -382,6 +405,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step)"
         )
-    _positive("train.encoder_cache_mib", t.encoder_cache_mib)
+    positive("train.encoder_cache_mib", t.encoder_cache_mib)
     if t.minutes is not None and t.minutes <= 0:
         raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")
+    for cls in classes:
+        if hasattr(cls, "check_config"):
+            cls.check_config(cfg)

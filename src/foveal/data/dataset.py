@@ -1,4 +1,4 @@
-"""Clip datasets, the on-disk latent cache, batching and the resumable micro-batch order.
+"""Clip datasets, batching and the resumable micro-batch order.
 
 A clip dataset yields {"frames": uint8 [T, 3, H, W], "caption": str, "key": str, "index": int}. `key` names the clip
 *and* how it was sampled (frames, window, size), so a cached latent is reused only for the very same pixels.
@@ -6,21 +6,17 @@ A clip dataset yields {"frames": uint8 [T, 3, H, W], "caption": str, "key": str,
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import time
 from dataclasses import asdict
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, RunConfig
-from .synthetic import SynthClip, patch_masks, render_clip
+from foveal.config import DataConfig, RunConfig
+from foveal.data.frames import resize_frames
+from foveal.data.synthetic import SynthClip, patch_masks, render_clip
+from foveal.data.video import file_datasets
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 HELDOUT_OFFSET = 1_000_000  # synthetic held-out clips come from indices no training clip uses
 
 
@@ -68,45 +64,12 @@ class SyntheticClips(Dataset):
         return {"frames": frames, "caption": clip.caption, "key": f"{self._key}|{self.offset + i}", "index": i}
 
 
-def resize_frames(frames: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """uint8 [T, 3, h, w] -> [T, 3, size, size]: 'crop' resizes the short side then centre-crops; 'squash' stretches."""
-    import torch.nn.functional as F
-
-    t, _, h, w = frames.shape
-    if mode == "crop":
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    else:
-        nh = nw = size
-    out = F.interpolate(frames.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return out[:, :, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-
-
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     """(train, held-out) clip datasets for cfg.data.source; held-out clips are never trained on."""
     d, size = cfg.data, cfg.model.frame_size
     if d.source == "synthetic":
         return SyntheticClips(d, size, d.train_clips), SyntheticClips(d, size, d.heldout_clips, HELDOUT_OFFSET)
-    from .video import file_datasets
-
     return file_datasets(d, size)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# pixels -> model inputs
-
-
-def encoder_input(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float, ImageNet-normalised (the encoder's input)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device).view(3, 1, 1)
-    return (frames.float() / 255 - mean) / std
-
-
-def vae_input(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [-1, 1] (the VAE's input)."""
-    return frames.float() / 127.5 - 1
 
 
 class Collator:
@@ -150,83 +113,15 @@ def micro_batch(k: int, n: int, batch: int, seed: int, rank: int = 0, world: int
     return perm[start : start + batch].tolist()
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# latent cache: each clip is VAE-encoded once per (pixels, VAE weights), in safetensors shards
-
-
-class LatentCache:
-    """cache_dir/latents/<vae fingerprint>/: shard-*.safetensors + index.json (clip key hash -> shard)."""
-
-    def __init__(self, cache_dir: str | Path, vae_fingerprint: str):
-        self.dir = Path(cache_dir) / "latents" / vae_fingerprint
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.dir / "index.json"
-        self.index: dict[str, str] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
-
-    @staticmethod
-    def entry(key: str) -> str:
-        return hashlib.sha256(key.encode()).hexdigest()[:24]
-
-    def missing(self, keys: list[str]) -> list[int]:
-        return [i for i, k in enumerate(keys) if self.entry(k) not in self.index]
-
-    def put(self, tensors: dict[str, torch.Tensor]) -> None:
-        from safetensors.torch import save_file
-
-        entries = {self.entry(k): v.contiguous() for k, v in tensors.items()}
-        name = f"shard-{hashlib.sha256(''.join(sorted(entries)).encode()).hexdigest()[:12]}.safetensors"
-        tmp = self.dir / (name + ".tmp")
-        save_file(entries, str(tmp))
-        os.replace(tmp, self.dir / name)
-        self.index.update({e: name for e in entries})
-        tmp_index = self.index_path.with_suffix(".tmp")
-        tmp_index.write_text(json.dumps(self.index))
-        os.replace(tmp_index, self.index_path)
-
-    def get(self, keys: list[str]) -> torch.Tensor:
-        from safetensors import safe_open
-
-        entries = [self.entry(k) for k in keys]
-        by_shard: dict[str, list[int]] = {}
-        for i, e in enumerate(entries):
-            by_shard.setdefault(self.index[e], []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(keys)
-        for shard, rows in by_shard.items():
-            with safe_open(str(self.dir / shard), framework="pt") as f:
-                for i in rows:
-                    out[i] = f.get_tensor(entries[i])
-        return torch.stack(out)
-
-
-@torch.no_grad()
-def encode_latents(vae, frames: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> posterior-mean latents x scaling factor [N, C, h, w] (deterministic)."""
-    out = []
-    for part in frames.split(chunk):
-        out.append(vae.encode(vae_input(part)).latent_dist.mean * vae.config.scaling_factor)
-    return torch.cat(out)
-
-
-def latents_for(dataset: Dataset, vae, cache: LatentCache, desc: str = "latents", quiet: bool = False) -> torch.Tensor:
-    """Latents [N, T, C, h, w] of every clip in dataset, encoding only clips not yet in the cache."""
-    from tqdm import tqdm
-
-    keys = [dataset[i]["key"] for i in range(len(dataset))] if not hasattr(dataset, "keys") else dataset.keys()
-    todo = cache.missing(keys)
-    if todo:
-        t0, new = time.time(), {}
-        bar = tqdm(todo, desc=f"VAE-encoding {desc}", unit="clip", disable=True if quiet else None, leave=False)
-        for i in bar:
-            item = dataset[i]
-            new[item["key"]] = encode_latents(vae, item["frames"])
-            if len(new) >= 256:
-                cache.put(new)
-                new = {}
-        if new:
-            cache.put(new)
-        if not quiet:
-            rate = len(todo) / max(time.time() - t0, 1e-9)
-            print(f"{desc}: encoded {len(todo)} clips ({rate:.1f} clips/s), {len(keys) - len(todo)} from the cache")
-        if hasattr(dataset, "keys"):  # a clip that failed to decode is now served by another: look up what is served
-            keys = dataset.keys()
-    return cache.get(keys)
+def frame_gap(cfg: RunConfig) -> dict:
+    """How far apart consecutive frames are, recorded with every result: in frames where they are rendered or
+    counted, in seconds where the frame rate is known."""
+    d = cfg.data
+    if d.source == "synthetic":  # rendered: no frame rate; objects move speed x gap frame sides per gap
+        return {"frames": d.frame_gap, "seconds": None, "motion": d.synthetic.speed * d.frame_gap}
+    kind, _, value = d.window.partition(":")
+    if kind == "fps":
+        return {"frames": None, "seconds": 1 / float(value)}
+    if kind == "first":  # T frames spread evenly over the first `value` seconds
+        return {"frames": None, "seconds": float(value) / (d.num_frames - 1)}
+    return {"frames": None, "seconds": None, "note": "window 'clip': the gap varies with each clip's length"}

@@ -10,10 +10,12 @@ import csv
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import numpy as np
+from PIL import Image
 
-from ..config import SynthSpec
-from .synthetic import render_clip
+from foveal.config import SynthSpec
+from foveal.data.synthetic import render_clip
 
 # name: (extension, encoder, pixel format, encoder options). Errors are mean / max |decoded - written| in 0..255,
 # measured on 64 px synthetic clips (8 frames): h264 0.012 / 1, h264-420 2.1 / 154 (chroma subsampling blurs the
@@ -30,7 +32,6 @@ FRAME_FORMATS = ("png", "jpg")  # frame folders: <root>/<video_id>/frame_000.png
 
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, codec: str = "h264") -> Path:
     """uint8 [T, H, W, 3] -> a video file (the extension is the codec's; H and W must be even for 4:2:0)."""
-    import av
 
     ext, encoder, pix_fmt, options = CODECS[codec]
     path = Path(path).with_suffix(f".{ext}")
@@ -46,7 +47,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float = 8.0, codec: s
 
 def write_frames(folder: str | Path, frames: np.ndarray, fmt: str = "png") -> Path:
     """uint8 [T, H, W, 3] -> folder/frame_000.<fmt> ... (the reference's local per-video layout)."""
-    from PIL import Image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import sys
 
 from torch.utils.data import DataLoader
 
-from ..config import DataConfig
+from foveal.config import DataConfig
 
 WORKER_TIMEOUT_S = 600  # a worker that delivers nothing for this long counts as failed
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import SynthSpec
+from foveal.config import SynthSpec
 
 COLOURS = {
     "red": (230, 40, 40),
@@ -125,18 +125,3 @@ def patch_masks(masks: np.ndarray, patch: int, min_cover: float = 0.0) -> np.nda
     cropped = masks[..., : g_h * patch, : g_w * patch]
     cover = cropped.reshape(*masks.shape[:-2], g_h, patch, g_w, patch).mean(axis=(-3, -1))
     return cover > min_cover
-
-
-def word_tokenizer():
-    """A word-level tokenizer over the synthetic captions' vocabulary (built in memory, no download)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "<unk>", "<bos>", "<eos>"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>", eos_token="<eos>"
-    )

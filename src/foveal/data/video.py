@@ -21,15 +21,19 @@ import json
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
-from ..config import ConfigError, DataConfig
-from .dataset import resize_frames
+from foveal.config import ConfigError, DataConfig
+from foveal.data.frames import resize_frames
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -200,7 +204,6 @@ def select_frames(times: np.ndarray, num_frames: int, window: str) -> list[int]:
 def video_timestamps(path: Path) -> tuple[np.ndarray, float]:
     """(every frame's pts in presentation order, seconds per pts unit), from the packets alone (no decoding).
     A file that holds fewer frames, or ends earlier, than its own header declares is truncated."""
-    import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -233,7 +236,6 @@ def _tag_seconds(tag: str | None) -> float:
 def read_video(path: Path, pts: list[int]) -> list[np.ndarray]:
     """The frames with these pts (ascending), as uint8 [H, W, 3]. Decodes forward across short gaps and seeks to
     the keyframe before a target beyond SEEK_GAP_S, so T frames of a long video cost T short decodes."""
-    import av
 
     out = []
     with av.open(str(path)) as container:
@@ -255,7 +257,6 @@ def read_video(path: Path, pts: list[int]) -> list[np.ndarray]:
 
 
 def read_images(files: list[Path]) -> list[np.ndarray]:
-    from PIL import Image
 
     out = []
     for f in files:
@@ -374,9 +375,6 @@ class VideoClips(Dataset):
 
 def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips) -> list[Clip]:
     """Probe every clip (a few threads: PyAV and PIL release the GIL); the usable ones, in listing order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
 
     def one(clip: Clip) -> Clip | BadClip:
         try:

@@ -1,0 +1,142 @@
+"""Trained run folders -> one row per head: every number a typed Estimate (value, 95% interval, what it is over).
+
+One seed: a metric's interval is the paired bootstrap over held-out clips ("clips"); N seeds: the mean and the
+Student-t interval of the N per-seed values ("seeds"). Every metric of every seed is aggregated the same way, so
+no table cell comes from the first seed alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from foveal.evaluation.stats import NAN, Estimate, ratio_estimate, seeds_estimate
+
+# the reference's table fields and the run's description, read from the first seed (the same for every seed)
+DESCRIPTION = ("head", "steps", "params", "coarse_weight", "seed", "ratio_kind", "objective", "preset")
+DESCRIPTION += ("target", "target_loss", "frame_gap", "target_shape", "target_features")
+NAN_ESTIMATE = Estimate(NAN)
+
+
+def _value(x) -> Estimate:
+    return Estimate(float(x))
+
+
+def _interval(d: dict, n: int) -> Estimate:
+    """A held-out summary's {"value", "ci"} entry."""
+    lo, hi = d["ci"]
+    return Estimate(d["value"], lo, hi, "clips", d.get("n", n))
+
+
+def heldout_metrics(held: dict) -> dict[str, Estimate]:
+    """The ratios, shares and caption controls of one run's held-out summary."""
+    n, m = held.get("clips", 0), {}
+    for kind in ("recon", "caption"):
+        s = held.get(kind, {})
+        if "ratio" in s:
+            m[f"{kind}_ratio"] = Estimate(s["ratio"], *s["ratio_ci"], "clips", n)
+            m[f"{kind}_fine_better"] = _value(s["fine_better_share"])
+        for path in ("coarse", "fine"):
+            if f"video_other_minus_{path}" in s:
+                m[f"caption_video_other_minus_{path}"] = _interval(s[f"video_other_minus_{path}"], n)
+        if "ratio_after_first" in s:
+            m[f"{kind}_ratio_after_first"] = Estimate(s["ratio_after_first"], *s["ratio_after_first_ci"], "clips", n)
+            m[f"{kind}_fine_better_after_first"] = _value(s["fine_better_share_after_first"])
+    recon = held.get("recon", {})
+    for key in ("mse_fine_after_first", "cos_fine_after_first"):
+        if key in recon:
+            m[key] = _value(recon[key])
+    return m
+
+
+def control_metrics(held: dict) -> tuple[dict[str, Estimate], dict[str, list]]:
+    """Copy-last, the h-ablation and where the queries look (with the per-layer attention lists)."""
+    n, m, layers = held.get("clips", 0), {}, {}
+    c = held.get("controls", {})
+    if c:
+        m["copy_last"] = _value(c["copy_last"])
+        for path in ("coarse", "fine"):
+            if path in c:
+                m[f"loss_{path}"] = _value(c[path]["loss"])
+                for key in ("h_zero", "h_other"):
+                    m[f"{key}_minus_{path}"] = _interval(c[path][f"{key}_minus_loss"], n)
+    copy = held.get("copy_last", {})
+    if "mse_copy_over_fine" in copy:
+        m["mse_copy_over_fine"] = Estimate(copy["mse_copy_over_fine"], *copy["mse_copy_over_fine_ci"], "clips", n)
+        m["copy_last_mse"], m["copy_last_cos"] = _value(copy["mse"]), _value(copy["cos"])
+    a = held.get("attention", {})
+    if "chance" in a:
+        m["attention_chance"] = _value(a["chance"])
+    for path in ("coarse", "fine"):
+        if path in a:
+            m[f"entropy_{path}"] = _value(a[path]["entropy"])
+        if "mean" in a.get(path, {}):
+            m[f"attention_{path}"] = _value(a[path]["mean"])
+            layers[path] = a[path]["per_layer"]
+    if "fine_minus_coarse" in a:
+        m["attention_fine_minus_coarse"] = _interval(a["fine_minus_coarse"], n)
+    return m, layers
+
+
+def coarse_only_metrics(arrays: dict, control: dict, seed: int) -> dict[str, Estimate]:
+    """The fair baseline: a model that only ever had q_static, on the same held-out clips."""
+    m = {}
+    if "recon_fine" in arrays:
+        only, fine = control["recon_coarse"][:, 1:].mean(1), arrays["recon_fine"][:, 1:].mean(1)
+        m["loss_coarse_only"] = _value(only.mean())
+        m["recon_coarse_only_over_fine"] = ratio_estimate(only, fine, seed)
+    if "caption_fine" in arrays:
+        m["caption_coarse_only_over_fine"] = ratio_estimate(control["caption_coarse"], arrays["caption_fine"], seed)
+    if "attention_coarse" in control:
+        m["attention_coarse_only"] = _value(control["attention_coarse"][:, 1:].mean())
+    if "attention_coarse_entropy" in control:
+        m["entropy_coarse_only"] = _value(control["attention_coarse_entropy"][:, 1:].mean())
+    return m
+
+
+def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0) -> dict:
+    """One trained model -> {"metrics": name -> Estimate, "layers", "step_ratios", "result"}."""
+    held = result["heldout"]
+    m = {
+        "final_ratio": _value(result["final_ratio"]),
+        "ratio_above_1": _value(result["ratio_above_1"]),
+        "loss_fine_train": _value(result["loss_fine"]),
+        "loss_coarse_train": _value(result["loss_coarse"]),
+    }
+    m |= {k: _value(v) for k, v in result.items() if k.startswith("final_") and k != "final_ratio"}
+    m |= heldout_metrics(held)
+    controls, layers = control_metrics(held)
+    m |= controls
+    if control is not None:
+        m |= coarse_only_metrics(arrays, control, seed)
+    return {"metrics": m, "layers": layers, "step_ratios": result["step_ratios"], "result": result}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per metric: one run -> its own estimate; N runs -> the mean and t-interval of the per-seed values."""
+    metrics = {}
+    for name in runs[0]["metrics"]:
+        values = [r["metrics"][name] for r in runs if name in r["metrics"]]
+        metrics[name] = values[0] if len(values) == 1 else seeds_estimate([v.value for v in values])
+    layers = {
+        path: np.mean([r["layers"][path] for r in runs if path in r["layers"]], axis=0).tolist()
+        for path in runs[0]["layers"]
+    }
+    results = [r["result"] for r in runs]
+    first = results[0]
+    kind = first.get("ratio_kind", "recon")
+    return {
+        **{k: first[k] for k in DESCRIPTION if k in first},
+        "final_ratio": metrics["final_ratio"].value,
+        "ratio_above_1": metrics["ratio_above_1"].value,
+        "min_ratio": min(r["min_ratio"] for r in results),
+        "max_ratio": max(r["max_ratio"] for r in results),
+        "loss_fine": metrics["loss_fine_train"].value,
+        "loss_coarse": metrics["loss_coarse_train"].value,
+        "heldout_ratio": metrics.get(f"{kind}_ratio", NAN_ESTIMATE).value,
+        "nonfinite_steps": sum(r.get("nonfinite_steps", 0) for r in results),
+        "seeds": len(runs),
+        "clips": first["heldout"].get("clips", 0),
+        "metrics": {k: v.as_dict() for k, v in metrics.items()},
+        "attention_layers": layers,
+        "step_ratios": runs[0]["step_ratios"],
+    }

@@ -1,0 +1,261 @@
+"""Rendering of compare's rows: the reference study's table, the held-out tables (ratios, controls, where the
+queries look), summary.md / summary.json and the comparison chart. Every cell reads a row's typed estimates."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from foveal.analysis.plotting import subplots
+from foveal.config import RunConfig
+
+NAN = float("nan")
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The reference study's table, one row per head; caption columns appear when the objective has a caption loss."""
+    joint = any("final_caption_ratio" in r["metrics"] for r in rows)
+    has_caption = joint or any(r.get("ratio_kind") == "caption" for r in rows)
+    cols = ["Head Type", "Steps", "Final Ratio", "Ratio > 1.0", "Parameters", "Held-out Ratio"]
+    if joint:
+        cols += ["Caption Final Ratio", "Caption Held-out Ratio"]
+    target = any("mse_copy_over_fine" in r["metrics"] for r in rows)
+    if target:
+        cols += TARGET_COLUMNS
+    cols.append("Notes")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        kind = r.get("ratio_kind", "recon")
+        notes = [
+            f"{kind} ratio" if has_caption and not joint else "",
+            "fine loss only (the reference's protocol)"
+            if r["coarse_weight"] == 0
+            else f"coarse_weight {r['coarse_weight']:g}",
+        ]
+        if r.get("seeds", 1) > 1:
+            notes.append(f"mean of {r['seeds']} seeds")
+        if r.get("nonfinite_steps"):
+            notes.append(f"{r['nonfinite_steps']} non-finite steps skipped")
+        cells = [
+            f"**{r['head']}**",
+            str(r["steps"]),
+            f"**{_fmt(r['final_ratio'])}**",
+            f"{100 * r['ratio_above_1']:.1f}%",
+            _fmt_params(r["params"]),
+            cell(r, f"{kind}_ratio"),  # one seed: bootstrap CI over clips; several: t-interval over seeds
+        ]
+        if joint:
+            cells += [cell(r, "final_caption_ratio"), cell(r, "caption_ratio")]
+        if target:
+            cells += [cell(r, "mse_fine_after_first"), cell(r, "cos_fine_after_first"), cell(r, "mse_copy_over_fine")]
+        cells.append("; ".join(n for n in notes if n))
+        lines.append("| " + " | ".join(cells) + " |")
+    if target:
+        lines.append(copy_last_line(rows, len(cols)))
+    return "\n".join(lines)
+
+
+def _num(x: float, style: str) -> str:
+    if x is None or math.isnan(x):
+        return "n/a"
+    return {"ratio": f"{x:.4f}", "loss": f"{x:.4f}", "diff": f"{x:+.4f}", "share": f"{100 * x:.0f}%"}[style]
+
+
+def cell(row: dict, name: str, style: str = "ratio") -> str:
+    metric = row["metrics"].get(name)
+    if metric is None:
+        return "–"
+    lo, hi = metric["ci"]
+    if style == "share":  # a share lives in [0, 1]; a t-interval over few seeds can overshoot it
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    text = _num(metric["value"], style)
+    return text if math.isnan(lo) else f"{text} [{_num(lo, style)}, {_num(hi, style)}]"
+
+
+# (column title, metric, style); a column no row has is left out
+RATIO_COLUMNS = [
+    ("Recon ratio", "recon_ratio", "ratio"),
+    ("Recon ratio, frames 1..T-1", "recon_ratio_after_first", "ratio"),
+    ("Fine better (clips, frames 1..T-1)", "recon_fine_better_after_first", "share"),
+    ("Coarse-only / fine (frames 1..T-1)", "recon_coarse_only_over_fine", "ratio"),
+    ("Caption ratio", "caption_ratio", "ratio"),
+    ("Fine better (clips, caption)", "caption_fine_better", "share"),
+    ("Caption coarse-only / fine", "caption_coarse_only_over_fine", "ratio"),
+    ("Train final ratio (last 100 steps)", "final_ratio", "ratio"),
+]
+CONTROL_COLUMNS = [
+    ("Fine", "loss_fine", "loss"),
+    ("Coarse", "loss_coarse", "loss"),
+    ("Coarse-only model", "loss_coarse_only", "loss"),
+    ("Copy-last", "copy_last", "loss"),
+    ("h=0 minus fine", "h_zero_minus_fine", "diff"),
+    ("h of another clip minus fine", "h_other_minus_fine", "diff"),
+    ("h=0 minus coarse", "h_zero_minus_coarse", "diff"),
+    ("Caption CE, other clip's video minus fine", "caption_video_other_minus_fine", "diff"),
+    ("Caption CE, other clip's video minus coarse", "caption_video_other_minus_coarse", "diff"),
+]
+ATTENTION_COLUMNS = [
+    ("Coarse query", "attention_coarse", "share"),
+    ("Fine query", "attention_fine", "share"),
+    ("Fine minus coarse", "attention_fine_minus_coarse", "diff"),
+    ("Coarse-only model", "attention_coarse_only", "share"),
+    ("Chance (uniform look)", "attention_chance", "share"),
+    ("Entropy coarse", "entropy_coarse", "ratio"),
+    ("Entropy fine", "entropy_fine", "ratio"),
+    ("Entropy coarse-only", "entropy_coarse_only", "ratio"),
+]
+
+
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]], extra=None) -> str:
+    columns = [c for c in columns if any(c[1] in r["metrics"] for r in rows)]
+    extra = extra or []
+    head = ["Objective", "Head", *(c[0] for c in columns), *(e[0] for e in extra)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["objective"], f"**{r['head']}**", *(cell(r, name, style) for _, name, style in columns)]
+        cells += [fn(r) for _, fn in extra]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def tables(rows: list[dict]) -> str:
+    """The held-out ratio table, the controls table and (where there is ground truth) the attention table; a table
+    none of whose metrics exist (e.g. controls without a recon loss) is left out."""
+    has = lambda columns: any(name in r["metrics"] for r in rows for _, name, _ in columns)  # noqa: E731
+    layers = lambda r: " / ".join(f"{100 * v:.0f}" for v in r["attention_layers"].get("fine", [])) or "–"  # noqa: E731
+    info = [("Seeds", lambda r: str(r["seeds"])), ("Steps", lambda r: str(r["steps"])),
+            ("Head params", lambda r: _fmt_params(r["params"]))]  # fmt: skip
+    parts = [
+        "**Does looking where the model chose help?** ratio = loss_coarse / loss_fine on held-out clips (> 1: fine "
+        "beats coarse).\n\n" + markdown_table(rows, RATIO_COLUMNS, info)
+    ]
+    if has(CONTROL_COLUMNS):
+        parts.append(
+            "**Controls** (held-out recon MSE, frames 1..T-1; caption CE per token). h=0 / h of another clip: the "
+            "trained head fed zeros or another held-out clip's states instead of its own h; other clip's video: each "
+            "caption scored after another clip's frames. A difference near 0 means the loss ignores the video, and "
+            "no ratio can be read.\n\n" + markdown_table(rows, CONTROL_COLUMNS)
+        )
+    if has(ATTENTION_COLUMNS):
+        parts.append(
+            "**Where the queries look** (frames 1..T-1, where the fine query is the LLM's; mean over encoder layers "
+            "and heads): attention mass on the target's patches (ground truth, where the data has it) and the "
+            "attention's entropy / ln P (1.000 = uniform: the query cannot look anywhere).\n\n"
+            + markdown_table(rows, ATTENTION_COLUMNS, [("Fine per layer (%)", layers)])
+        )
+    return "\n\n".join(parts)
+
+
+def interval_note(rows: list[dict]) -> str:
+    n, clips = max(r["seeds"] for r in rows), rows[0]["clips"]
+    if n == 1:
+        return (
+            f"One seed; [lo, hi] = 95% paired-bootstrap interval over {clips} held-out clips (clips never trained on)."
+        )
+    return (
+        f"{n} seeds per head (train.seed, +1, ...: init and order; same data); value = mean over seeds, [lo, hi] = "
+        f"95% Student-t interval across seeds. Held-out: {clips} clips never trained on."
+    )
+
+
+def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
+    (out / "summary.json").write_text(
+        json.dumps([{k: v for k, v in r.items() if k not in ("step_ratios", "heldout")} for r in rows], indent=1)
+    )
+    t = cfg.train
+    header = (
+        f"# foveal compare: {cfg.preset} preset, objective {t.objective}\n\n"
+        f"{t.batch_size} x {t.grad_accum} clips per step, {cfg.data.num_frames} frames, coarse_weight "
+        f"{t.coarse_weight:g}, data {cfg.data.source}. Final Ratio = mean of the last 100 step ratios (training "
+        f"batches, as the reference study reported it); Held-out Ratio over clips never trained on. "
+        f"{interval_note(rows)}\n\n"
+    )
+    header += target_header(rows[0])
+    (out / "summary.md").write_text(header + table(rows) + "\n\n" + tables(rows) + "\n")
+    plot_comparison(rows, out / "comparison.png")
+
+
+# the prediction's MSE and cosine beside the ratios (frames 1..T-1), and the copy-last control row
+
+TARGET_COLUMNS = ["Held-out MSE fine (t>=1)", "Held-out cos fine (t>=1)", "Copy MSE / MSE fine"]
+
+
+def copy_last_line(rows: list[dict], num_cols: int) -> str:
+    """Frame t-1's features as frame t's prediction, on the same held-out clips: no parameters, no ratio."""
+    copies = [r["metrics"] for r in rows if "copy_last_mse" in r["metrics"]]
+    mse, cos = copies[0]["copy_last_mse"]["value"], copies[0]["copy_last_cos"]["value"]
+    same = all(abs(c["copy_last_mse"]["value"] - mse) <= 1e-6 * max(1.0, abs(mse)) for c in copies)
+    note = f"frame t-1 as frame t's prediction; {rows[0]['clips']} held-out clips"
+    if not same:  # a trainable encoder moves the features each run predicts
+        note += "; differs per run (trainable encoder): first run shown"
+    lead = ["copy-last (control)", "-", "-", "-", "0"] + ["-"] * (num_cols - 5 - len(TARGET_COLUMNS) - 1)
+    return "| " + " | ".join([*lead, _fmt(mse), _fmt(cos), "1", note]) + " |"
+
+
+def target_header(r: dict) -> str:
+    """What was predicted (the run's target and what results.json records of it) and how far ahead."""
+    shape = "x".join(map(str, r.get("target_shape", [])))
+    f, gap = r.get("target_features", {}), r.get("frame_gap", {})
+    details = [shape]
+    if f.get("pca"):
+        details.append(f"PCA to {f['pca']} channels keeping {100 * f['explained_variance']:.1f}% of the variance")
+    if f.get("cls"):
+        details.append("CLS appended")
+    spacing = [f"{gap['frames']} frame(s)" if gap.get("frames") is not None else ""]
+    spacing.append(f"{gap['seconds']:.3g} s" if gap.get("seconds") is not None else "")
+    if "motion" in gap:  # synthetic clips have no frame rate; say how far objects move instead
+        spacing.append(f"synthetic, objects move {gap['motion']:.3g} frame sides per gap")
+    return (
+        f"Target: {r.get('target')} ({', '.join(details)}), loss {r.get('target_loss', 'mse')}. Gap between frames: "
+        f"{', '.join(x for x in spacing if x) or 'n/a'}. MSE and cosine on frames 1..T-1 (frame 0 has no previous "
+        "frame); Copy MSE / MSE fine > 1: the head beats copying the previous frame's target (95% interval).\n\n"
+    )
+
+
+def plot_comparison(rows: list[dict], path: Path) -> None:
+    kind = "recon" if "recon_ratio" in rows[0]["metrics"] else "caption"
+    labels = [f"{r['head']}\n{r['objective']}" for r in rows]
+    x = np.arange(len(rows))
+    fig, (ax_bar, ax_curve) = subplots(1, 2, figsize=(11, 4))
+    bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out (95% CI)")]
+    if kind == "recon":
+        bars.append(("recon_ratio_after_first", "held-out, frames 1..T-1"))
+    width, seen = 0.8 / len(bars), [1.0]
+    for i, (name, label) in enumerate(bars):
+        vals = np.array([r["metrics"].get(name, {}).get("value", NAN) for r in rows])
+        ci = np.array([r["metrics"].get(name, {}).get("ci", [NAN, NAN]) for r in rows])
+        err = np.nan_to_num(np.abs(ci.T - vals), nan=0.0)
+        # bars grow from ratio = 1, so the sign of each effect is what the eye sees
+        ax_bar.bar(
+            x + (i - (len(bars) - 1) / 2) * width, vals - 1, bottom=1.0, width=width, yerr=err, capsize=3, label=label
+        )
+        seen += [v for v in [*vals, *ci.ravel()] if not math.isnan(v)]
+    ax_bar.axhline(1.0, color="k", lw=1, ls="--")
+    ax_bar.set_xticks(x, labels, fontsize=8)
+    ax_bar.set_ylabel("ratio = loss_coarse / loss_fine")
+    span = max([abs(v - 1) for v in seen] + [0.002]) * 1.3  # the interesting range is around 1, not from 0
+    ax_bar.set_ylim(1 - span, 1 + span)
+    ax_bar.legend(fontsize=8)
+    ax_bar.set_title("ratio per head (> 1: fine beats coarse)")
+    for r, label in zip(rows, labels):
+        ratios = np.asarray(r["step_ratios"].get(kind, []), dtype=float)
+        if len(ratios):
+            k = max(1, len(ratios) // 20)  # running mean keeps the curves readable
+            ax_curve.plot(np.convolve(ratios, np.ones(k) / k, mode="valid"), label=label.replace("\n", " "))
+    ax_curve.axhline(1.0, color="k", lw=1, ls="--")
+    ax_curve.set_xlabel("step")
+    ax_curve.set_title(f"{kind} ratio during training (running mean, first seed)")
+    ax_curve.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -1,0 +1,125 @@
+"""Held-out controls: per-batch measurements that say whether a ratio can be read at all.
+
+Each control is a function of one evaluated batch (`Evaluated`) that returns named per-clip arrays; `CONTROLS`
+lists them, and evaluate() runs every one. A control keeps what it needs from the previous batch in `state` (e.g.
+the last clip's h, for "another clip's h"). Adding a control = one function + `@control("name")`.
+
+  copy_last   each frame predicted as the previous frame's target: the loss of knowing nothing about motion;
+  h_ablation  the trained head fed zeros, or another clip's states, instead of h: if the loss does not rise, h
+              carries no information and coarse/fine (which differ only in h) cannot differ in any useful way;
+  video_other (caption) each caption scored after another clip's frames: if its loss does not rise, the caption
+              ignores the video and a caption ratio says nothing about where the model looked;
+  attention   the entropy of each query's attention (1 = uniform: the query cannot look anywhere) and, where the
+              dataset has ground truth (synthetic), the mass each query puts on the target's patches.
+The coarse-only control is a separately trained model (train.fine_iterations=0); compare pairs it with these arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from foveal.model.foveated import Batch, FoveatedVLM, Output
+from foveal.objectives import Objective, Scores, score
+
+
+@dataclass
+class Evaluated:
+    """One held-out batch after the forward: what every control reads."""
+
+    model: FoveatedVLM
+    objective: Objective
+    batch: Batch
+    out: Output
+    paths: dict[str, Scores]  # "coarse", "fine" (the final fine iteration; absent for a coarse-only model)
+    fine_iterations: int
+    on_target: torch.Tensor | None  # [B, T, G*G] the target's patches, where the dataset has ground truth
+    state: dict = field(default_factory=dict)  # carried from batch to batch, one entry per control
+
+
+CONTROLS: dict[str, Callable[[Evaluated], dict[str, torch.Tensor]]] = {}
+
+
+def control(name: str):
+    def add(fn):
+        CONTROLS[name] = fn
+        return fn
+
+    return add
+
+
+def passes(ev: Evaluated) -> dict:
+    return {"coarse": ev.out.coarse} | ({"fine": ev.out.fine[-1]} if ev.out.fine else {})
+
+
+@control("copy_last")
+def copy_last(ev: Evaluated) -> dict[str, torch.Tensor]:
+    if not ev.objective.recon or ev.out.targets is None:
+        return {}
+    c = ev.model.target.copy_last(ev.out.targets)  # [B, T-1] each
+    return {"recon_copy_last": c.loss, "copy_last_loss": c.loss, "copy_last_mse": c.mse, "copy_last_cosine": c.cosine}
+
+
+@control("h_ablation")
+def h_ablation(ev: Evaluated) -> dict[str, torch.Tensor]:
+    """The head's per-frame loss [B, T] with h replaced and everything else (head weights, previous targets, targets)
+    as in the pass: h_zero = zeros; h_other = the previous clip's h (the batch rolled by one clip, the first clip
+    taking the previous batch's last; with a one-clip first batch it is its own)."""
+    targets = ev.out.targets
+    if not ev.objective.recon or targets is None:
+        return {}
+    out = {}
+    for name, p in passes(ev).items():
+        h = p.hidden[:, : targets.shape[1]]  # [B, T, H]
+        first = ev.state.get(f"h_{name}", h[-1:])
+        other = torch.cat([first, h[:-1]])
+        for kind, replaced in (("h_zero", torch.zeros_like(h)), ("h_other", other)):
+            out[f"recon_{name}_{kind}"] = ev.model.target.losses(ev.model.predict_next(replaced, targets), targets).loss
+        ev.state[f"h_{name}"] = h[-1:]
+    return out
+
+
+@control("video_other")
+def video_other(ev: Evaluated) -> dict[str, torch.Tensor]:
+    """The same captions after the previous clip's frames."""
+    b = ev.batch
+    if not ev.objective.caption or b.caption_ids is None:
+        return {}
+    first = ev.state.get("frames", b.frames[-1:])
+    swapped = Batch(torch.cat([first, b.frames[:-1]]), None, b.caption_ids, b.caption_mask)
+    other = ev.model(swapped, recon=False, caption=True, fine_iterations=ev.fine_iterations)
+    coarse, fine = score(ev.model, other, swapped, ("caption",))
+    ev.state["frames"] = b.frames[-1:]
+    out = {"caption_coarse_video_other": coarse.caption_per_clip}
+    return out | ({"caption_fine_video_other": fine[-1].caption_per_clip} if fine else {})
+
+
+def target_mass(weights: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Attention [B*T, 1, L, heads, P] (CLS first) and target patches [B, T, P-1] -> [B, T, L]: the mass the query
+    put on the target's patches, per encoder layer, averaged over heads."""
+    b, t = patches.shape[:2]
+    on_target = torch.cat([torch.zeros_like(patches[..., :1]), patches], dim=-1).flatten(0, 1)  # [B*T, P]
+    mass = (weights[:, 0].float() * on_target[:, None, None].float()).sum(-1).mean(-1)  # [B*T, L]
+    return mass.view(b, t, -1)
+
+
+def attention_entropy(weights: torch.Tensor, frames: int) -> torch.Tensor:
+    """Attention [B*T, 1, L, heads, P] -> [B, T]: entropy over the P tokens / ln P, mean over layers and heads."""
+    w = weights[:, 0].float()
+    ent = -(w * w.clamp_min(1e-12).log()).sum(-1) / math.log(w.shape[-1])  # [B*T, L, heads]
+    return ent.mean((1, 2)).view(-1, frames)
+
+
+@control("attention")
+def attention(ev: Evaluated) -> dict[str, torch.Tensor]:
+    out = {}
+    if ev.on_target is not None:
+        out["attention_chance"] = ev.on_target.float().sum(-1) / (ev.on_target.shape[-1] + 1)  # +1: CLS
+    for name, p in passes(ev).items():
+        out[f"attention_{name}_entropy"] = attention_entropy(p.attention.weights, ev.batch.frames.shape[1])
+        if ev.on_target is not None:
+            out[f"attention_{name}"] = target_mass(p.attention.weights, ev.on_target)
+    return out

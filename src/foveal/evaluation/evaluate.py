@@ -1,0 +1,82 @@
+"""Held-out evaluation: per-clip, per-frame scores of each path and every control (controls.py), as arrays.
+
+summary.py turns the arrays into the statistics a reviewer asks for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from foveal.data.frames import encoder_input
+from foveal.evaluation.controls import CONTROLS, Evaluated
+from foveal.model.foveated import Batch, FoveatedVLM
+from foveal.objectives import Objective, score, score_passes
+
+
+def make_batch(raw: dict, device, caption: bool) -> Batch:
+    """Collated dict -> model Batch on device."""
+    return Batch(
+        frames=encoder_input(raw["frames"].to(device)),
+        caption_ids=raw["caption_ids"].to(device) if caption else None,
+        caption_mask=raw["caption_mask"].to(device) if caption else None,
+        index=raw["index"],
+        keys=raw["keys"],
+    )
+
+
+def path_arrays(name: str, s) -> dict[str, torch.Tensor]:
+    out = {}
+    if s.recon is not None:
+        out |= {f"recon_{name}": s.recon, f"mse_{name}": s.mse, f"cosine_{name}": s.cosine}
+    if s.caption_sum is not None:
+        out[f"caption_{name}"] = s.caption_per_clip
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: FoveatedVLM,
+    dataset,
+    collator,
+    objective: Objective,
+    *,
+    fine_iterations: int = 1,
+    batch_size: int = 8,
+    autoregressive: bool = False,
+    device=None,
+    autocast=None,
+) -> dict[str, np.ndarray]:
+    """Per-clip arrays over the whole dataset. Paths: coarse, fine (the final fine iteration; absent for a
+    coarse-only model), autoregressive when asked.
+      recon_<path> [N, T], mse_<path>, cosine_<path> [N, T], caption_<path> [N] (mean token CE)
+      and every control's arrays (controls.py), e.g. recon_copy_last [N, T-1], recon_<path>_h_zero [N, T]
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    ground_truth = hasattr(dataset, "target_patches")
+    out: dict[str, list] = {}
+    state: dict = {}
+    for start in range(0, len(dataset), batch_size):
+        idx = list(range(start, min(start + batch_size, len(dataset))))
+        batch = make_batch(collator([dataset[i] for i in idx]), device, objective.caption)
+        on_target = None
+        if ground_truth:
+            patch = model.encoder.patch_size
+            on_target = torch.stack([dataset.target_patches(i, patch) for i in idx]).to(device)  # [B, T, G*G]
+        with autocast or torch.autocast(device.type, enabled=False):
+            res = model(batch, objective.recon, objective.caption, fine_iterations, return_attention=True)
+            coarse, fine = score(model, res, batch, objective.kinds)
+            paths = {"coarse": coarse} | ({"fine": fine[-1]} if fine else {})
+            ev = Evaluated(model, objective, batch, res, paths, fine_iterations, on_target, state)
+            arrays = {k: v for name, s in paths.items() for k, v in path_arrays(name, s).items()}
+            for fn in CONTROLS.values():
+                arrays |= fn(ev)
+            if autoregressive and res.fine:
+                p, targets = model.forward_autoregressive(batch, recon=objective.recon, caption=objective.caption)
+                arrays |= path_arrays("autoregressive", score_passes(model, [p], targets, batch, objective.kinds)[0])
+        for key, value in arrays.items():
+            out.setdefault(key, []).append(value.float().cpu())
+    model.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}

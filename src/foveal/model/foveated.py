@@ -1,0 +1,320 @@
+"""FoveatedVLM: each frame becomes one token chosen by a query; the LLM reading the tokens emits the next query.
+
+Training runs two passes over a clip (B clips, T frames, LLM width H):
+  coarse: every frame read with the learned static query   -> LLM over [coarse_token, zc_0 .. zc_{T-1}, (text)]
+  fine:   frame 0 read with q_init, frame t with the query the LLM emitted at zc_{t-1} -> LLM over [fine_token, zf..]
+Prediction: the state at the mode token predicts frame 0 from the learned blank target; the state at z_{t-1}
+predicts frame t from the true target of frame t-1 (teacher forcing). The target (VAE latent, encoder features, ...)
+is a registered component (model/targets/). Caption: [mode, z_0..z_{T-1}, video_end, caption, eos]; video_end's
+state predicts the first caption token. The model returns predictions and logits; objectives turn them into losses.
+Inference: coarse, fine (coarse->fine) and autoregressive (one frame at a time, LLM KV cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from foveal.model.encoder import Attention, FoveatedEncoder, PatchCache
+from foveal.model.heads import Head
+from foveal.model.targets import Target
+
+
+@dataclass
+class Pass:
+    """One reading of a batch of clips: the coarse pass, a fine iteration, or the autoregressive path."""
+
+    queries: torch.Tensor  # [B, T, Q] the queries that read the frames
+    tokens: torch.Tensor  # [B, T, H] the frame tokens they read
+    hidden: torch.Tensor | None = None  # [B, 1+T(+1+L), H] LLM states: mode token, frames, (video_end, caption)
+    attention: Attention | None = None
+    pred: torch.Tensor | None = None  # [B, T, C, S, S] each frame's predicted target
+    logits: torch.Tensor | None = None  # [B, L+1, V] where a caption token (or eos) is the target
+
+
+@dataclass
+class Output:
+    coarse: Pass
+    fine: list[Pass] = field(default_factory=list)  # one per fine iteration; fine[-1] is the final one
+    targets: torch.Tensor | None = None  # [B, T, C, S, S] what the predictions are scored against
+
+    @property
+    def passes(self) -> list[Pass]:
+        return [self.coarse, *self.fine]
+
+
+@dataclass
+class Batch:
+    frames: torch.Tensor  # [B, T, 3, H, W] ImageNet-normalised
+    targets: torch.Tensor | None = None  # [B, T, C, S, S]; None: the model's target makes them
+    caption_ids: torch.Tensor | None = None  # [B, L+1] caption tokens + eos, right-padded with pad_id
+    caption_mask: torch.Tensor | None = None  # [B, L+1] True on real tokens (eos included)
+    index: torch.Tensor | None = None  # [B] dataset index of each clip
+    keys: list[str] | None = None  # [B] clip keys (what cached targets are looked up by)
+
+
+class FoveatedVLM(nn.Module):
+    def __init__(
+        self,
+        encoder: FoveatedEncoder,
+        llm: nn.Module,
+        head: Head,
+        target: Target,
+        query_dim: int,
+        visual_scale: float | None = None,
+    ):
+        super().__init__()
+        self.encoder, self.llm, self.head, self.target = encoder, llm, head, target
+        hidden = llm.config.hidden_size
+        self.target_shape = tuple(target.shape)  # (C, S, S)
+        if visual_scale is None:  # match the LLM's own token scale (SmolLM2: ~0.14)
+            visual_scale = llm.get_input_embeddings().weight.detach().float().std().item()
+        self.register_buffer("visual_scale", torch.tensor(float(visual_scale)))
+        self.dino_to_llm = nn.Linear(encoder.width, hidden)
+        self.llm_to_query = nn.Linear(hidden, query_dim)
+        self.q_static = nn.Parameter(torch.randn(1, query_dim))  # std 1.0: at 0.02 fine == coarse (BUG-001)
+        self.q_init = nn.Parameter(torch.randn(1, query_dim))
+        self.coarse_token = nn.Parameter(torch.randn(1, 1, hidden) * visual_scale)
+        self.fine_token = nn.Parameter(torch.randn(1, 1, hidden) * visual_scale)
+        self.video_end = nn.Parameter(torch.randn(1, 1, hidden) * visual_scale)
+        self.z_init = nn.Parameter(torch.zeros(1, *self.target_shape))  # learned blank "previous frame" for frame 0
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # building blocks
+
+    def backbone_modules(self) -> list[nn.Module]:
+        """Pretrained-architecture parts; everything else is newly initialised (the connector)."""
+        return [self.encoder.dino, self.llm]
+
+    def encode(self, frames: torch.Tensor) -> PatchCache:
+        """frames [B, T, 3, H, W] -> cache of the B*T frames (no gradient into a frozen encoder)."""
+        flat = frames.flatten(0, 1)
+        if any(p.requires_grad for p in self.encoder.dino.parameters()):
+            return self.encoder.encode(flat)
+        with torch.no_grad():
+            return self.encoder.encode(flat)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder token -> LLM token at the LLM's embedding scale. RMS-normalised per token: the reference divided
+        by the std of the whole batch, which couples clips and breaks the train/autoregressive equivalence."""
+        x = self.dino_to_llm(z)
+        return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype) * self.visual_scale
+
+    def read(self, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False):
+        """queries [B, T, Q], cache of B*T frames -> LLM tokens [B, T, H]; one batched attend, no loop over frames."""
+        b, t, _ = queries.shape
+        z, attention = self.encoder.attend(queries.reshape(b * t, -1), cache, return_attention)
+        return self.project(z).view(b, t, -1), attention
+
+    def shift(self, queries: torch.Tensor) -> torch.Tensor:
+        """Queries emitted at frames 0..T-1 -> queries for frames 0..T-1: q_init, then the one from frame t-1."""
+        q0 = self.q_init.expand(queries.shape[0], 1, -1)
+        return torch.cat([q0, queries[:, :-1]], dim=1)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    def run_llm(self, mode: torch.Tensor, tokens: torch.Tensor, batch: Batch | None = None) -> torch.Tensor:
+        """[mode, frame tokens, (video_end, caption)] -> last hidden states [B, 1+T(+1+L), H]."""
+        b = tokens.shape[0]
+        parts = [mode.expand(b, -1, -1), tokens]
+        if batch is not None and batch.caption_ids is not None:
+            parts += [self.video_end.expand(b, -1, -1), self.embed(batch.caption_ids[:, :-1])]
+        return self.llm.model(inputs_embeds=torch.cat(parts, dim=1)).last_hidden_state
+
+    def previous(self, targets: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, S, S] -> what each frame is predicted from: the learned blank, then the true frame t-1."""
+        return torch.cat([self.z_init.expand(targets.shape[0], 1, *self.target_shape), targets[:, :-1]], dim=1)
+
+    def predict_next(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """h [B, T, H] (states at mode, z_0..z_{T-2}), targets [B, T, C, S, S] -> predictions [B, T, C, S, S].
+        The held-out h-ablation calls it with h replaced and nothing else changed."""
+        return self.head(h, self.previous(targets))
+
+    def predict(self, passes: list[Pass], targets: torch.Tensor, num_frames: int) -> None:
+        """Fill in each pass's predictions; all passes go through the head in one call."""
+        n = len(passes)
+        h = torch.cat([p.hidden[:, :num_frames] for p in passes])  # states at mode, z_0..z_{T-2}: [n*B, T, H]
+        pred = self.predict_next(h, targets.repeat(n, 1, 1, 1, 1))  # [n*B, T, C, S, S]
+        for p, p_pred in zip(passes, pred.chunk(n)):
+            p.pred = p_pred
+
+    def caption_logits(self, passes: list[Pass], num_frames: int) -> None:
+        for p in passes:
+            p.logits = self.llm.lm_head(p.hidden[:, num_frames + 1 :])  # only where a caption token is the target
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # coarse -> fine: the one implementation that training, evaluation and generation share
+
+    def coarse_to_fine(
+        self,
+        cache: PatchCache,
+        b: int,
+        t: int,
+        iterations: int,
+        text: Batch | None = None,
+        return_attention: bool = False,
+        final_llm: bool = True,
+    ) -> list[Pass]:
+        """The coarse pass (static query), then `iterations` fine passes, each reading with the queries the pass
+        before it emitted, shifted by one frame. final_llm=False stops before the last pass's LLM run (generation
+        runs it itself, with a KV cache)."""
+        queries = self.q_static.expand(b, t, -1)  # [B, T, Q]
+        passes = []
+        for i in range(iterations + 1):
+            tokens, attention = self.read(queries, cache, return_attention)
+            p = Pass(queries, tokens, attention=attention)
+            passes.append(p)
+            if i == iterations and not final_llm:
+                break
+            p.hidden = self.run_llm(self.coarse_token if i == 0 else self.fine_token, tokens, text)
+            queries = self.shift(self.llm_to_query(p.hidden[:, 1 : 1 + t]))  # frame t's from frames < t
+        return passes
+
+    def forward(
+        self,
+        batch: Batch,
+        recon: bool = True,
+        caption: bool = False,
+        fine_iterations: int = 1,
+        cache: PatchCache | None = None,
+        return_attention: bool = False,
+    ) -> Output:
+        b, t = batch.frames.shape[:2]
+        if cache is None:
+            cache = self.encode(batch.frames)
+        passes = self.coarse_to_fine(cache, b, t, fine_iterations, batch if caption else None, return_attention)
+        targets = batch.targets
+        if recon:
+            targets = self.target(batch, cache) if targets is None else targets  # [B, T, C, S, S]
+            self.predict(passes, targets, t)
+        if caption and batch.caption_ids is not None:
+            self.caption_logits(passes, t)
+        return Output(passes[0], passes[1:], targets)
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # inference
+
+    @torch.no_grad()
+    def forward_autoregressive(
+        self,
+        batch: Batch,
+        queries: torch.Tensor | None = None,
+        recon: bool = True,
+        caption: bool = False,
+        use_cache: bool = True,
+        return_attention: bool = False,
+    ) -> tuple[Pass, torch.Tensor | None]:
+        """q_init reads frame 0; then one frame at a time: the LLM (with its KV cache) reads the new token and its
+        state gives the query for the next frame; the caption continues from the same cache. `queries` [B, T, Q]
+        replaces the LLM's queries (fed the coarse pass's shifted queries, this equals the fine pass).
+        use_cache=False recomputes the whole prefix at every step (the reference for the cached path).
+        Returns the pass and its targets [B, T, C, S, S] (None without recon)."""
+        cache = self.encode(batch.frames)
+        out, kv, fed = self._autoregressive_frames(batch, queries, use_cache, return_attention, cache)
+        t = batch.frames.shape[1]
+        targets = None
+        if caption and batch.caption_ids is not None:
+            tail = torch.cat([self.video_end.expand(len(fed[0]), -1, -1), self.embed(batch.caption_ids[:, :-1])], 1)
+            out.hidden = torch.cat([out.hidden, self._step(fed, tail, kv)], dim=1)
+            self.caption_logits([out], t)
+        if recon:
+            targets = self.target(batch, cache) if batch.targets is None else batch.targets
+            self.predict([out], targets, t)
+        return out, targets
+
+    def _autoregressive_frames(self, batch: Batch, queries, use_cache: bool, return_attention=False, cache=None):
+        b, t = batch.frames.shape[:2]
+        frames = self.encode(batch.frames) if cache is None else cache
+        frame_index = torch.arange(b * t, device=batch.frames.device).view(b, t)
+        kv = DynamicCache(config=self.llm.config) if use_cache else None
+        fed: list[torch.Tensor] = []  # every input fed so far (the no-cache path re-reads them)
+        q = self.q_init.expand(b, -1) if queries is None else queries[:, 0]
+        used, tokens, hidden, maps = [], [], [], []
+        for i in range(t):  # inherently sequential: frame i's query comes from the state after frame i-1
+            z, attention = self.encoder.attend(q, frames.index(frame_index[:, i]), return_attention)
+            new = self.project(z)[:, None]  # [B, 1, H]
+            tokens.append(new)
+            if i == 0:
+                new = torch.cat([self.fine_token.expand(b, -1, -1), new], dim=1)
+            hidden.append(self._step(fed, new, kv))
+            used.append(q)
+            maps.append(attention)
+            if i + 1 < t:
+                q = self.llm_to_query(hidden[-1][:, -1]) if queries is None else queries[:, i + 1]
+        out = Pass(torch.stack(used, dim=1), torch.cat(tokens, dim=1), torch.cat(hidden, dim=1))  # hidden [B,1+T,H]
+        if return_attention:  # [B*T, 1, L, heads, P] in frame order, as in the parallel passes
+            out.attention = Attention(torch.stack([m.weights for m in maps], dim=1).flatten(0, 1))
+        return out, kv, fed
+
+    def _step(self, fed: list[torch.Tensor], new: torch.Tensor, kv) -> torch.Tensor:
+        """Feed `new` [B, n, H] after everything in `fed`; returns the n new hidden states."""
+        fed.append(new)
+        if kv is not None:
+            return self.llm.model(inputs_embeds=new, cache=kv, use_cache=True).last_hidden_state
+        return self.llm.model(inputs_embeds=torch.cat(fed, dim=1)).last_hidden_state[:, -new.shape[1] :]
+
+    @torch.no_grad()
+    def generate(
+        self,
+        frames: torch.Tensor,
+        mode: str = "fine",
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_id: int | None = None,
+    ) -> torch.Tensor:
+        """Caption a batch of clips. mode: coarse | fine | autoregressive. temperature 0 = greedy.
+        Returns token ids [B, <=max_new_tokens], eos included where it was emitted, pad_id after it."""
+        b, t = frames.shape[:2]
+        end = self.video_end.expand(b, -1, -1)
+        if mode == "autoregressive":
+            _, kv, fed = self._autoregressive_frames(Batch(frames), None, use_cache=True)
+            last = self._step(fed, end, kv)[:, -1]
+        elif mode in ("coarse", "fine"):
+            iterations = int(mode == "fine")
+            final = self.coarse_to_fine(self.encode(frames), b, t, iterations, final_llm=False)[-1]
+            mode_token = self.fine_token if iterations else self.coarse_token
+            kv = DynamicCache(config=self.llm.config)
+            prefix = torch.cat([mode_token.expand(b, -1, -1), final.tokens, end], dim=1)
+            last = self.llm.model(inputs_embeds=prefix, cache=kv, use_cache=True).last_hidden_state[:, -1]
+        else:
+            raise ValueError(f"mode must be coarse, fine or autoregressive, got {mode!r}")
+        return self._decode(last, kv, max_new_tokens, temperature, top_p, seed, eos_id)
+
+    def _decode(self, last, kv, max_new_tokens, temperature, top_p, seed, eos_id) -> torch.Tensor:
+        """Token by token from the state `last` [B, H] with the LLM's KV cache, until every clip emitted eos."""
+        b, device = last.shape[0], last.device
+        eos_id = self.llm.config.eos_token_id if eos_id is None else eos_id
+        pad_id = self.llm.config.pad_token_id if self.llm.config.pad_token_id is not None else eos_id
+        generator = torch.Generator(device=device).manual_seed(seed)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        out = []
+        for _ in range(max_new_tokens):
+            token = sample(self.llm.lm_head(last).float(), temperature, top_p, generator)  # [B]
+            token = token.masked_fill(done, pad_id)
+            out.append(token)
+            done |= token == eos_id
+            if done.all():
+                break
+            step = self.llm.model(inputs_embeds=self.embed(token[:, None]), cache=kv, use_cache=True)
+            last = step.last_hidden_state[:, -1]
+        return torch.stack(out, dim=1)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """logits [B, V] -> token [B]: greedy at temperature 0, else nucleus sampling (the smallest set of tokens whose
+    probability reaches top_p, the token that crosses it included)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # mass before this token already reached top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]

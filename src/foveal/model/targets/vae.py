@@ -1,0 +1,104 @@
+"""model.target = vae: the next frame's VAE latent (SD-VAE architecture), the posterior mean x scaling factor.
+
+Latents are encoded once per clip into the on-disk cache (data/latent_cache.py, keyed by the clip's pixels and the
+VAE's weights) and looked up by clip key, so a batch's targets are always its own clips'.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from foveal.config import ConfigError, RunConfig
+from foveal.data.frames import vae_input
+from foveal.data.latent_cache import LatentCache
+from foveal.log import progress
+from foveal.model.backbones import build_vae, fingerprint, vae_downsample
+from foveal.model.targets.base import TARGETS, Target
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def encode_latents(vae, frames: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> posterior-mean latents x scaling factor [N, C, h, w] (deterministic)."""
+    out = []
+    for part in frames.split(chunk):
+        out.append(vae.encode(vae_input(part)).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+def dataset_keys(dataset) -> list[str]:
+    return dataset.keys() if hasattr(dataset, "keys") else [dataset[i]["key"] for i in range(len(dataset))]
+
+
+def latents_for(dataset, vae, cache: LatentCache, desc: str = "latents") -> torch.Tensor:
+    """Latents [N, T, C, h, w] of every clip in dataset, encoding only clips not yet in the cache."""
+    keys = dataset_keys(dataset)
+    todo = cache.missing(keys)
+    if todo:
+        t0, new = time.time(), {}
+        for i in progress(todo, desc=f"VAE-encoding {desc}", unit="clip"):
+            item = dataset[i]
+            new[item["key"]] = encode_latents(vae, item["frames"])
+            if len(new) >= 256:
+                cache.put(new)
+                new = {}
+        if new:
+            cache.put(new)
+        rate = len(todo) / max(time.time() - t0, 1e-9)
+        log.info(f"{desc}: encoded {len(todo)} clips ({rate:.1f} clips/s), {len(keys) - len(todo)} from the cache")
+        keys = dataset_keys(dataset)  # a clip that failed to decode is now served by another: look up what is served
+    return cache.get(keys)
+
+
+@TARGETS.register("vae")
+class VAETarget(Target):
+    def __init__(self, cfg: RunConfig, encoder_width: int, patch_size: int):
+        super().__init__(cfg, encoder_width, patch_size)
+        self.spec, self.frame_size, self.seed, self.cache_dir = (
+            cfg.model.vae,
+            cfg.model.frame_size,
+            cfg.train.seed,
+            cfg.cache_dir,
+        )
+        self.store: dict[str, torch.Tensor] = {}  # clip key -> latents [T, C, h, w] (not in the state dict)
+
+    @staticmethod
+    def shape_for(cfg: RunConfig, encoder_width: int, patch_size: int) -> tuple[int, int, int]:
+        side = cfg.model.frame_size // vae_downsample(cfg.model.vae)
+        return (cfg.model.vae.latent_channels, side, side)
+
+    @staticmethod
+    def check_config(cfg: RunConfig) -> None:
+        factor = vae_downsample(cfg.model.vae)
+        if cfg.model.frame_size % factor:
+            raise ConfigError(
+                f"model.frame_size: {cfg.model.frame_size} is not divisible by the VAE downsampling {factor}"
+            )
+
+    def build_vae(self):
+        return build_vae(self.spec, self.frame_size, self.seed)
+
+    def prepare(self, model, datasets: list, *, main: bool = True, barrier=None, out=None, fresh: bool = True) -> dict:
+        """Every clip's latents, encoded once into the cache (the main process encodes, the others then read)."""
+        names = ["train clips", "held-out clips"] if len(datasets) == 2 else ["clips"] * len(datasets)
+        vae = self.build_vae()
+        fp = fingerprint(vae)
+        if main:
+            latents = [latents_for(d, vae, LatentCache(self.cache_dir, fp), name) for d, name in zip(datasets, names)]
+        if barrier is not None:
+            barrier()
+        if not main:  # the main process has written them: read its index afresh
+            latents = [latents_for(d, vae, LatentCache(self.cache_dir, fp), name) for d, name in zip(datasets, names)]
+        for d, x in zip(datasets, latents):
+            self.store.update(zip(dataset_keys(d), x))
+        return {}
+
+    def forward(self, batch, cache) -> torch.Tensor:
+        missing = [k for k in batch.keys if k not in self.store]
+        if missing:
+            raise RuntimeError(f"vae target: no latents for {len(missing)} clips of this batch: call prepare() first")
+        return torch.stack([self.store[k] for k in batch.keys]).to(batch.frames.device)

@@ -1,0 +1,349 @@
+"""Train one foveated model from a RunConfig. The same code runs on a laptop CPU and under torchrun (DDP).
+
+Per optimiser step: grad_accum micro-batches (gradients synchronised on the last one only), a guard against
+non-finite losses or gradients, global-norm clipping, AdamW, the LR schedule. Every step appends a line to
+metrics.jsonl (and TensorBoard / W&B); every ckpt_every steps an atomic checkpoint that resumes bit-exactly.
+The loop reads top to bottom: set_up -> (train_step -> after_step)* -> finish, around one `Run` state.
+train() returns the results; its caller writes the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from foveal.config import RunConfig
+from foveal.data.dataset import Collator, build_datasets, micro_batch
+from foveal.data.loader import micro_batches
+from foveal.evaluation.evaluate import evaluate, make_batch
+from foveal.evaluation.summary import summarize
+from foveal.log import progress
+from foveal.model.build import build_model
+from foveal.objectives import Objective, Scores, build_objective, score
+from foveal.train import distributed
+from foveal.train.checkpoint import (
+    load_checkpoint,
+    load_model_state,
+    model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from foveal.train.encoder_cache import EncoderCache, cache_plan
+from foveal.train.logger import MetricsLogger
+from foveal.train.optim import TrainingError, autocast_for, make_optimizer
+from foveal.train.results import summarize_run
+from foveal.train.run_folder import claim_run_folder, resume_path
+
+log = logging.getLogger(__name__)
+__all__ = ["TrainingError", "train"]
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, and where it stands."""
+
+    cfg: RunConfig
+    dist: distributed.Dist
+    out: Path
+    model: torch.nn.Module
+    objective: Objective
+    train_set: object
+    heldout_set: object
+    collate: Collator
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: torch.amp.GradScaler
+    enc_cache: EncoderCache | None
+    history: dict = field(default_factory=dict)
+    step: int = 0  # optimiser steps done
+    data_position: int = 0  # micro-batches consumed
+    nonfinite: int = 0  # skipped steps, in all
+    consecutive_bad: int = 0
+    elapsed0: float = 0.0  # wall seconds of the runs this one resumes
+    t0: float = field(default_factory=time.time)
+    last_loss: float | None = None  # the last completed step's training loss (what best.pt follows)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.objective.kinds
+
+    @property
+    def tracked(self) -> list[str]:  # the prediction's MSE and cosine too, whatever the loss
+        return [*self.kinds, *(["mse", "cos"] if self.objective.recon else [])]
+
+    @property
+    def paths(self) -> tuple[str, ...]:  # fine_iterations 0: the coarse-only control
+        return ("coarse", "fine") if self.cfg.train.fine_iterations else ("coarse",)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.time() - self.t0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# set-up
+
+
+def set_up(cfg: RunConfig) -> Run:
+    dist = distributed.setup()
+    t, out = cfg.train, Path(cfg.out_dir)
+    resume_from = resume_path(cfg.resume, out / "checkpoints")
+    if dist.main:
+        claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
+        cfg.save(out / "config.yaml")
+    torch.manual_seed(t.seed)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    model, tokenizer = build_model(cfg)
+    model.to(dist.device)
+    train_set, heldout_set = build_datasets(cfg)
+    objective = build_objective(t.objective)
+    prep = dict(main=dist.main, barrier=dist.barrier, out=out, fresh=resume_from is None)
+    model.target.prepare(model, [train_set, heldout_set], **prep)  # VAE latents, a PCA, ...
+    epochs = t.steps * t.grad_accum * t.batch_size * dist.world / max(1, len(train_set))
+    if epochs > 1 and dist.main:  # the reference's multi-epoch results were invalid (overfitting)
+        log.info(
+            f"note: {t.steps} steps cover the {len(train_set)} training clips {epochs:.1f} times; trust the held-out"
+            " numbers, or raise data.train_clips"
+        )
+    enc_cache = EncoderCache(t.encoder_cache_mib) if t.encoder_cache else None  # frozen encoder (validated)
+    if enc_cache is not None and dist.main:
+        log.info(cache_plan(model, cfg, len(train_set)))
+    opt, sched = make_optimizer(model, t, dist.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
+    collate = Collator(tokenizer, t.max_caption_tokens)
+    run = Run(cfg, dist, out, model, objective, train_set, heldout_set, collate, opt, sched, scaler, enc_cache)
+    run.history = {p: {k: [] for k in objective.kinds} for p in ("ratio", "coarse", "fine")}
+    if resume_from is not None:
+        restore(run, resume_from)
+    return run
+
+
+def restore(run: Run, path: Path) -> None:
+    ckpt = load_checkpoint(path)
+    load_model_state(run.model, ckpt)
+    run.opt.load_state_dict(ckpt["optimizer"])
+    run.sched.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    run.step, run.history, run.nonfinite, run.elapsed0 = (
+        ckpt["step"],
+        ckpt["history"],
+        ckpt["nonfinite"],
+        ckpt["elapsed_s"],
+    )
+    run.data_position = ckpt.get("data_position", run.step * run.cfg.train.grad_accum)
+    if run.dist.main:
+        log.info(f"resumed from {path} at step {run.step}")
+
+
+def save(run: Run, step: int, metric: float | None) -> None:
+    if not run.dist.main:
+        return
+    state, frozen_fp = model_state(run.model)
+    checkpoint = {
+        "model": state,
+        "frozen_fingerprint": frozen_fp,
+        "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": rng_state(),
+        "data_position": run.data_position,
+        "history": run.history,
+        "nonfinite": run.nonfinite,
+        "elapsed_s": run.elapsed(),
+        "config": run.cfg.to_dict(),
+    }
+    save_checkpoint(run.out / "checkpoints", checkpoint, step, run.cfg.train.keep_last, metric)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# one optimiser step
+
+
+def pass_value(s: Scores, key: str) -> float:
+    """What is logged per pass: an objective's loss (recon, caption), or the prediction's mse / cos(ine)."""
+    if key == "mse":
+        return s.mse.mean().item()
+    if key == "cos":
+        return s.cosine.mean().item()
+    return getattr(s, f"{key}_loss").item()
+
+
+def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Tensor, Scores, list[Scores]]:
+    """Forward and backward of one micro-batch; returns its loss and scores."""
+    t, model, objective = run.cfg.train, run.model, run.objective
+    batch = make_batch(raw, run.dist.device, objective.caption)
+    with contextlib.nullcontext() if sync else net.no_sync(), autocast:
+        patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache else None
+        res = net(
+            batch, recon=objective.recon, caption=objective.caption, fine_iterations=t.fine_iterations, cache=patches
+        )
+        coarse, fine = score(model, res, batch, objective.kinds)
+        loss = objective.loss(coarse, fine, t)
+    run.scaler.scale(loss / t.grad_accum).backward()
+    return loss, coarse, fine
+
+
+def train_step(run: Run, net, batches, params, autocast) -> dict | None:
+    """grad_accum micro-batches, then the update; the step's row, or None when it was skipped (non-finite)."""
+    t, dist = run.cfg.train, run.dist
+    ts = time.time()
+    sums = {f"{k}_{p}": 0.0 for k in run.tracked for p in run.paths}
+    loss_sum, bad = 0.0, False
+    for micro in range(t.grad_accum):
+        _, raw = next(batches)
+        loss, coarse, fine = micro_step(run, net, raw, micro == t.grad_accum - 1 or dist.world == 1, autocast)
+        bad |= not torch.isfinite(loss).item()
+        loss_sum += loss.item() / t.grad_accum
+        for k in run.tracked:
+            sums[f"{k}_coarse"] += pass_value(coarse, k) / t.grad_accum
+            if fine:
+                sums[f"{k}_fine"] += pass_value(fine[-1], k) / t.grad_accum
+    run.data_position += t.grad_accum
+    run.scaler.unscale_(run.opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+    bad |= not torch.isfinite(grad_norm).item()
+    if dist.any(bad):  # skip the update on every rank; the weights stay the last good ones
+        skip(run)
+        return None
+    run.consecutive_bad = 0
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    vals = dist.sum([loss_sum, *sums.values()])
+    means = {k: v / dist.world for k, v in zip(sums, vals[1:])}
+    lr = run.sched.get_last_lr()[-1]
+    return {
+        "step": run.step,
+        "loss": vals[0] / dist.world,
+        "lr": lr,
+        "grad_norm": float(grad_norm),
+        "step_s": time.time() - ts,
+        **means,
+    }
+
+
+def skip(run: Run) -> None:
+    """A non-finite loss or gradient: no update, the schedule still advances; too many in a row stop the run."""
+    t = run.cfg.train
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.update()
+    run.sched.step()
+    run.consecutive_bad += 1
+    run.nonfinite += 1
+    if run.consecutive_bad >= t.max_nonfinite:
+        save(run, run.step, None)
+        raise TrainingError(
+            f"{run.consecutive_bad} consecutive steps had a non-finite loss or gradient (last at step {run.step}); "
+            f"stopped with a checkpoint of the last good weights in {run.out / 'checkpoints'}. Lower train.lr, use "
+            f"fp32, or check the data for NaNs."
+        )
+
+
+def record(run: Run, row: dict) -> None:
+    """The step's ratios into the history (the reference's per-step ratio, from the micro-batch means)."""
+    for k in run.kinds:
+        run.history["coarse"][k].append(row[f"{k}_coarse"])
+        if f"{k}_fine" in row:
+            ratio = row[f"{k}_coarse"] / max(row[f"{k}_fine"], 1e-12)
+            row[f"{k}_ratio"] = ratio
+            run.history["ratio"][k].append(ratio)
+            run.history["fine"][k].append(row[f"{k}_fine"])
+    for k in run.tracked[len(run.kinds) :]:  # setdefault: a checkpoint from before these were tracked resumes too
+        for p in run.paths:
+            run.history[p].setdefault(k, []).append(row[f"{k}_{p}"])
+
+
+def heldout(run: Run, autoregressive: bool = False) -> dict:
+    t = run.cfg.train
+    return evaluate(
+        run.model,
+        run.heldout_set,
+        run.collate,
+        run.objective,
+        fine_iterations=t.fine_iterations,
+        autoregressive=autoregressive,
+        autocast=autocast_for(t.precision, run.dist.device),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def train(cfg: RunConfig) -> dict:
+    """Train cfg's model; returns the results (also written to results.json). Under torchrun, non-zero ranks
+    return {}."""
+    run = set_up(cfg)
+    t, dist = cfg.train, run.dist
+    net = DDP(run.model, find_unused_parameters=True) if dist.world > 1 else run.model
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    logger = MetricsLogger(run.out, cfg, run.step, dist.main)
+    autocast = autocast_for(t.precision, dist.device)
+    run.t0 = time.time()
+    bar = progress(total=t.steps, initial=run.step, desc=cfg.model.head, show=dist.main)
+    order = lambda k: micro_batch(k, len(run.train_set), t.batch_size, t.seed, dist.rank, dist.world)  # noqa: E731
+    ks = range(run.data_position, t.steps * t.grad_accum)
+    batches = micro_batches(run.train_set, run.collate, order, ks, cfg.data)
+    run.model.train()
+    while run.step < t.steps:
+        if t.minutes is not None and dist.any(run.elapsed() > t.minutes * 60):
+            break
+        row = train_step(run, net, batches, params, autocast)
+        run.step += 1
+        if row is None:
+            logger.log({"step": run.step - 1, "skipped_nonfinite": 1, "nonfinite_total": run.nonfinite})
+            continue
+        after_step(run, row, logger, bar)
+    bar.close()
+    batches.close()  # stops any loader workers now
+    save(run, run.step, run.last_loss)
+    results = finish(run) if dist.main else {}
+    logger.close()
+    dist.barrier()
+    return results
+
+
+def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
+    """History, held-out evaluation every train.eval_every steps, the log line, the progress bar, checkpoints."""
+    t = run.cfg.train
+    record(run, row)
+    run.last_loss = row["loss"]
+    if t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps and run.dist.main:
+        ev = summarize(heldout(run))
+        row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})
+    logger.log(row)
+    bar.update(1)
+    bar.set_postfix(
+        {
+            "loss": f"{row['loss']:.4g}",
+            **{f"{k[:3]}_ratio": f"{row.get(f'{k}_ratio', math.nan):.4f}" for k in run.kinds},
+        }
+    )
+    if run.step % t.ckpt_every == 0 and run.step < t.steps:
+        save(run, run.step, row["loss"])
+
+
+def finish(run: Run) -> dict:
+    """Held-out evaluation of the trained model; results.json and the per-clip arrays heldout_losses.pt."""
+    cfg = run.cfg
+    log.info(f"{cfg.model.head}: held-out evaluation on {len(run.heldout_set)} clips")
+    arrays = heldout(run)
+    summary = summarize(arrays, seed=cfg.train.seed)
+    results = summarize_run(cfg, run.model, run.history, summary, run.kinds, run.nonfinite, run.elapsed())
+    skipped = {**getattr(run.heldout_set, "skipped", {}), **getattr(run.train_set, "skipped", {})}
+    results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
+    results["data_skipped_files"] = skipped
+    (run.out / "results.json").write_text(json.dumps(results, indent=1))
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, run.out / "heldout_losses.pt")
+    return results
