@@ -60,8 +60,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cache_dir):
     resumed = run_cli([*common, f"out_dir={run}", "resume=true"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
-    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step-0000008.pt")
-    b = load_checkpoint(run / "checkpoints" / "step-0000008.pt")
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step-0000008.safetensors")
+    b = load_checkpoint(run / "checkpoints" / "step-0000008.safetensors")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -70,18 +70,21 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cache_dir):
 
 
 def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
+    import foveal.checkpoint as ck
+
+    path = tmp_path / "ckpt.safetensors"
     atomic_save({"w": torch.ones(3)}, path)
 
-    def broken_save(obj, f):
+    def broken_write(f, tensors, metadata):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(ck, "_write_file", broken_write)
+    with pytest.raises(ck.CheckpointError):
         atomic_save({"w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    assert torch.equal(torch.load(path)["w"], torch.ones(3))
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]  # the temp file is gone
 
 
 def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
@@ -151,7 +154,7 @@ def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_c
     cfg = tiny_cfg(**{"train.steps": 10, "train.max_nonfinite": 3, "train.ckpt_every": 100})
     with pytest.raises(TrainingError, match="3 consecutive"):
         train(cfg, quiet=True)
-    ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.pt"))
+    ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.safetensors"))
     assert ckpts, "no checkpoint written"
     state = load_checkpoint(ckpts[-1])
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

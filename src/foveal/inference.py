@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .build import build_model
-from .checkpoint import load_checkpoint, load_model_state
+from .checkpoint import find_checkpoint, load_checkpoint, load_model_state
 from .config import RunConfig, config_from_dict
 from .data.dataset import HELDOUT_OFFSET, Collator, SyntheticClips, build_datasets, encoder_input
 from .evaluate import evaluate, summarize
@@ -17,16 +17,7 @@ MODES = ("coarse", "fine", "autoregressive")
 
 def load_run(checkpoint: str | Path, device: str = "cpu") -> tuple[RunConfig, torch.nn.Module, object]:
     """A checkpoint file (or a run folder: its newest checkpoint) -> (config, model in eval mode, tokenizer)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        from .checkpoint import latest
-
-        found = latest(path / "checkpoints") or latest(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (step-*.pt) in {path} or {path / 'checkpoints'}")
-        path = found
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = find_checkpoint(checkpoint)  # a run folder: its newest valid checkpoint (bad newer ones named)
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     model, tokenizer = build_model(cfg)
