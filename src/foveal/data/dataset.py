@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..config import DataConfig, RunConfig
+from ..config import ConfigError, DataConfig, RunConfig
 from .synthetic import SynthClip, patch_masks, render_clip
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,6 +91,18 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     from .video import file_datasets
 
     return file_datasets(d, size)
+
+
+def check_enough_clips(train_set: Dataset, cfg: RunConfig, world: int = 1) -> None:
+    """Before any work: the training clips must fill one global batch (the sampler's epoch needs one)."""
+    t, d = cfg.train, cfg.data
+    need = t.batch_size * world
+    if len(train_set) < need:
+        raise ConfigError(
+            f"data: {len(train_set)} usable training clips in {d.source} are fewer than one global batch "
+            f"(train.batch_size {t.batch_size} x {world} rank(s) = {need}); lower train.batch_size, lower "
+            f"data.heldout_clips ({d.heldout_clips}), raise data.train_clips ({d.train_clips}) or add clips"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
