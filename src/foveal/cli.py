@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     from .allocator import keep_large_buffers
+    from .checkpoint import CheckpointError
+    from .run_folder import RunFolderError, os_error_line
     from .train import TrainingError
 
     keep_large_buffers()
@@ -421,8 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"foveal: config error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError) as e:
+    except (TrainingError, FileNotFoundError, CheckpointError, RunFolderError) as e:
         print(f"foveal: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if os_error_line(e) is None:
+            raise
+        print(f"foveal: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import distributed
+from . import distributed, run_folder
 from .backbones import build_vae, fingerprint, num_params
 from .build import build_model
 from .checkpoint import (
@@ -25,12 +25,13 @@ from .checkpoint import (
     load_checkpoint,
     load_model_state,
     model_state,
+    resume_target,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from .config import RunConfig, TrainConfig
-from .data.dataset import Collator, LatentCache, build_datasets, latents_for, micro_batch
+from .data.dataset import Collator, LatentCache, build_datasets, check_enough_clips, latents_for, micro_batch
 from .data.loader import micro_batches
 from .dino_target import frame_gap, prepare, reduction_info
 from .encoder_cache import EncoderCache, cache_plan
@@ -139,9 +140,7 @@ class Logger:
         self.tb = self.wandb = None
         if not enabled:
             return
-        if self.path.exists():  # drop lines past the checkpoint we resume from: no duplicated steps
-            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
-            self.path.write_text("".join(ln + "\n" for ln in lines))
+        run_folder.repair_metrics(self.path, start_step)  # lines past the resumed checkpoint, torn lines: dropped
         if cfg.train.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -196,13 +195,7 @@ def prepare_targets(cfg: RunConfig, datasets, dist, quiet: bool) -> list[torch.T
 
 
 def resume_path(resume: bool | str, ckpt_dir: Path) -> Path | None:
-    if resume in (False, None, "", "false", "no"):
-        return None
-    if resume in (True, "latest", "true", "yes"):
-        return latest(ckpt_dir)  # nothing yet: a fresh start, so `--resume` is safe to put in every launch script
-    if not Path(resume).exists():
-        raise TrainingError(f"resume: checkpoint {resume} does not exist")
-    return Path(resume)
+    return resume_target(resume, ckpt_dir)  # verified; past a bad newest checkpoint to the newest valid one
 
 
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "heldout_losses.pt")
@@ -227,20 +220,24 @@ def claim_run_folder(out: Path, fresh: bool, overwrite: bool) -> None:
 
 def train(cfg: RunConfig, quiet: bool = False) -> dict:
     dist = distributed.setup()
+    cfg, resume_changes = run_folder.resume_config(cfg)  # the run's own config.yaml + safe changes; others refused
     t = cfg.train
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
+    train_set, heldout_set = build_datasets(cfg)  # inputs first: bad data fails before the folder or model exist
+    check_enough_clips(train_set, cfg, dist.world)
+    lock = run_folder.RunLock(out) if dist.main else None  # one writer; stale temp files removed
     resume_from = resume_path(cfg.resume, ckpt_dir)
     if dist.main:
         claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
         cfg.save(out / "config.yaml")
+        run_folder.record_resume(out, resume_from, resume_changes)
     torch.manual_seed(t.seed)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     model, tokenizer = build_model(cfg)
     model.to(dist.device)
-    train_set, heldout_set = build_datasets(cfg)
     train_targets, heldout_targets = prepare_targets(cfg, [train_set, heldout_set], dist, quiet)
     collate = Collator(tokenizer, t.max_caption_tokens)
     caption = t.objective in ("caption", "joint")
@@ -436,6 +433,8 @@ def train(cfg: RunConfig, quiet: bool = False) -> dict:
         torch.save({k: torch.from_numpy(v) for k, v in ev_arrays.items()}, out / "heldout_losses.pt")
         write_report(out, quiet=quiet)
     logger.close()
+    if lock is not None:
+        lock.release()
     dist.barrier()
     return results
 
