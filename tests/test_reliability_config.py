@@ -100,3 +100,20 @@ def test_missing_data_fails_before_the_run_folder_or_model(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.csv does not exist" in err[0]
     assert not run.exists()
+
+
+def test_the_replay_script_prints_one_line_per_case():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "reliability_cases.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "nan_config", "float", "yaml", "patch"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    rows = [ln for ln in proc.stdout.splitlines() if ln.endswith(("| PASS", "| FAIL"))]
+    assert proc.returncode == 0 and len(rows) == 4 and all(r.endswith("| PASS") for r in rows), proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -198,7 +198,7 @@ def resume_path(resume: bool | str, ckpt_dir: Path) -> Path | None:
     return resume_target(resume, ckpt_dir)  # verified; past a bad newest checkpoint to the newest valid one
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "heldout_losses.pt")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "heldout_losses.pt", "resumes.jsonl")
 
 
 def claim_run_folder(out: Path, fresh: bool, overwrite: bool) -> None:
