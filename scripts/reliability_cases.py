@@ -286,12 +286,6 @@ def case_yaml_errors():
     return "one line each: file:line:col", " | ".join(line(p, "error")[:60] for p in ps), ok
 
 
-def case_patch_size():
-    p = foveal("config", "model.target=dino", "model.frame_size=60")
-    ok = p.returncode == 2 and "not divisible by the encoder's patch size" in p.stderr
-    return "ConfigError before any work", line(p, "frame_size"), ok
-
-
 def case_too_few_clips():
     m = manifest_of(TMP / "three")
     run = TMP / "few"

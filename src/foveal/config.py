@@ -389,13 +389,6 @@ def validate(cfg: RunConfig) -> None:
     _positive("model.query_dim", m.query_dim)
     if m.frame_size < m.dino.patch_size:
         raise ConfigError(f"model.frame_size: {m.frame_size} is smaller than one patch ({m.dino.patch_size} px)")
-    if m.target == "dino" and m.frame_size % m.dino.patch_size:
-        raise ConfigError(
-            f"model.frame_size: {m.frame_size} is not divisible by the encoder's patch size {m.dino.patch_size} "
-            f"(model.dino.patch_size); the dino target is the patch grid, so it must tile the frame: use "
-            f"{m.frame_size // m.dino.patch_size * m.dino.patch_size} or "
-            f"{(m.frame_size // m.dino.patch_size + 1) * m.dino.patch_size}"
-        )
     vae_factor = 2 ** (len(m.vae.block_out_channels) - 1)
     if m.target == "vae" and m.frame_size % vae_factor:
         raise ConfigError(f"model.frame_size: {m.frame_size} is not divisible by the VAE downsampling {vae_factor}")
