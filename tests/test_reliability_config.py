@@ -81,7 +81,7 @@ def test_too_few_clips_for_one_batch_fails_before_the_model_is_built(tmp_path, m
             f"cache_dir={cache_dir}",
         ],
     )
-    with pytest.raises(ConfigError, match=r"2 usable training clips .* fewer than one global batch .* batch_size"):
+    with pytest.raises(ConfigError, match=r"2 usable training clips .* fewer than one global batch \(train.batch_size"):
         tr.train(cfg, quiet=True)
     assert not built and not (tmp_path / "run").exists()
 
