@@ -64,8 +64,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cache_dir):
     resumed = run_cli([*common, f"out_dir={run}", "resume=true"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
 
-    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step-0000008.pt")
-    b = load_checkpoint(run / "checkpoints" / "step-0000008.pt")
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step-0000008.safetensors")
+    b = load_checkpoint(run / "checkpoints" / "step-0000008.safetensors")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
@@ -74,18 +74,21 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, cache_dir):
 
 
 def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
+    import foveal.train.checkpoint as ck
+
+    path = tmp_path / "ckpt.safetensors"
     atomic_save({"w": torch.ones(3)}, path)
 
-    def broken_save(obj, f):
+    def broken_write(f, tensors, metadata):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(ck, "_write_file", broken_write)
+    with pytest.raises(ck.CheckpointError):
         atomic_save({"w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    assert torch.equal(torch.load(path)["w"], torch.ones(3))
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]  # the temp file is gone
 
 
 def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
@@ -147,7 +150,7 @@ def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_c
     cfg = tiny_cfg(**{"train.steps": 10, "train.max_nonfinite": 3, "train.ckpt_every": 100})
     with pytest.raises(TrainingError, match="3 consecutive"):
         train(cfg)
-    ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.pt"))
+    ckpts = sorted((Path(cfg.out_dir) / "checkpoints").glob("step-*.safetensors"))
     assert ckpts, "no checkpoint written"
     state = load_checkpoint(ckpts[-1])
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -282,3 +285,35 @@ def test_a_skipped_step_still_advances_the_schedule_and_best_follows_the_step_lo
     losses = {r["step"] + 1: r["loss"] for r in rows if "loss" in r}  # checkpoint of step s holds s steps
     assert best["metric"] == pytest.approx(losses[best["step"]])  # the same kind of number at every save
     assert best["metric"] == pytest.approx(min(losses.values()))
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_trains_every_head_and_rank_0_writes_the_tables(tmp_path, cache_dir):
+    """Every rank takes part in every run (a rank that left after the first head hung the others)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "foveal"]
+    args = ["compare", "--heads", "film,mlp", "--quiet", "--out", str(tmp_path / "cmp")]
+    over = [*tiny_overrides(**{"train.steps": 2, "train.batch_size": 1}), f"cache_dir={cache_dir}"]
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*torchrun, *args, *over], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = json.loads((tmp_path / "cmp" / "summary.json").read_text())
+    assert [r["head"] for r in rows] == ["film", "mlp"] and all(r["steps"] == 2 for r in rows)
+
+
+def test_compare_resumes_where_it_stopped(tmp_path, cache_dir, logs):
+    """An interrupted comparison: the finished head is kept as it is, the other continues from its checkpoint."""
+    args = ["compare", "--heads", "film,mlp", "--out", str(tmp_path / "cmp")]
+    over = [*tiny_overrides(**{"train.steps": 4, "train.ckpt_every": 2}), f"cache_dir={cache_dir}"]
+    assert main([*args, "--quiet", *over]) == 0
+    film = (tmp_path / "cmp" / "film" / "results.json").stat().st_mtime_ns
+    mlp = tmp_path / "cmp" / "mlp"
+    (mlp / "results.json").unlink()  # mlp was cut short: its step-4 checkpoint is gone too, step 2 remains
+    (mlp / "checkpoints" / "step-0000004.safetensors").unlink()
+    logs()
+    assert main([*args, "--resume", *over]) == 0
+    said = logs()
+    assert "film: finished earlier, kept" in said.replace(str(tmp_path / "cmp") + "/", "")
+    assert "resumed from" in said and "step 2" in said
+    assert (tmp_path / "cmp" / "film" / "results.json").stat().st_mtime_ns == film
+    assert json.loads((mlp / "results.json").read_text())["steps"] == 4
+    assert [r["head"] for r in json.loads((tmp_path / "cmp" / "summary.json").read_text())] == ["film", "mlp"]

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from foveal.config import ConfigError, SynthSpec, load_config, replace
-from foveal.data.dataset import SyntheticClips
+from foveal.data.dataset import Collator, SyntheticClips, build_datasets
 from foveal.data.export import write_frames, write_manifest, write_synthetic, write_video
 from foveal.data.frames import resize_frames
 from foveal.data.loader import micro_batches
 from foveal.data.synthetic import render_clip
 from foveal.data.video import file_datasets, select_frames
+from foveal.evaluation.evaluate import make_batch
+from foveal.model.build import build_model
+from foveal.model.targets.vae import encode_latents
 
 
 def data_cfg(source, **kw):
@@ -187,15 +190,15 @@ def make_bad_inputs(root):
     return write_manifest(root / "m.csv", rows), expected
 
 
-def test_each_bad_input_is_skipped_named_and_counted(tmp_path, capsys):
+def test_each_bad_input_is_skipped_named_and_counted(tmp_path, logs):
     manifest, expected = make_bad_inputs(tmp_path)
     train, held = file_datasets(data_cfg(manifest, **{"data.heldout_clips": 1}), 32)
     assert {c.name for c in train.clips + held.clips} == {"good0", "good1", "good2"}
     assert train.skipped == expected and held.skipped is train.skipped
-    err = capsys.readouterr()
+    err = logs()
     for reason, names in expected.items():
-        assert all(f"skipped {n}: {reason}" in err.err for n in names), reason
-    assert "3 usable clips" in err.out and "skipped 8" in err.out
+        assert all(f"skipped {n}: {reason}" in err for n in names), reason
+    assert "3 usable clips" in err and "skipped 8" in err
 
 
 def test_truncated_streaming_containers_are_caught(tmp_path):
@@ -348,3 +351,24 @@ def test_cli_data_synth_precompute_and_info(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "patch grid  4x4 patches + CLS = 17 tokens per frame" in out and "latent      4x4x4 per frame" in out
     assert "tied embeddings" in out and "parameters  827,648" in out  # the tiny preset's DINO
+
+
+def test_a_clip_that_breaks_after_probing_keeps_frames_and_targets_one_clips(tmp_path, tiny_cfg):
+    """A file that fails only in training: the next good clip stands in, and its targets are its own (looked up by
+    the served clip's key, not by the position the broken clip had)."""
+    paths = [write_video(tmp_path / f"c{i}", render_clip(SynthSpec(), 32, 8, 0, i).frames) for i in range(5)]
+    manifest = write_manifest(tmp_path / "m.csv", [{"videoid": p.stem, "path": p.name} for p in paths])
+    over = {"data.source": str(manifest), "data.heldout_clips": 1, "data.num_frames": 8, "data.train_clips": 0}
+    cfg = tiny_cfg(**over, **{"model.frame_size": 32, "cache_dir": str(tmp_path / "c")})
+    model, tok = build_model(cfg)
+    train_set, heldout = build_datasets(cfg)
+    model.target.prepare(model, [train_set, heldout])
+    first, second = train_set.clips[0], train_set.clips[1]
+    first.path.write_bytes(os.urandom(2000))  # breaks after probing
+    raw = Collator(tok)([train_set[0]])
+    assert raw["keys"] == [second.key]  # the stand-in
+    targets = model.target(make_batch(raw, "cpu", caption=False), None)
+    torch.testing.assert_close(targets[0], model.target.store[second.key])
+    assert not torch.equal(targets[0], model.target.store[first.key])
+    vae = model.target.build_vae()
+    torch.testing.assert_close(targets[0], encode_latents(vae, raw["frames"][0]), atol=1e-5, rtol=1e-5)

@@ -161,11 +161,12 @@ def test_viz_cli_writes_grid_gif_and_numbers(tiny, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     state, frozen = model_state(model)
-    atomic_save({"model": state, "frozen_fingerprint": frozen, "config": cfg.to_dict()}, run / "checkpoints/step-1.pt")
+    state = {"model": state, "frozen_fingerprint": frozen, "config": cfg.to_dict()}
+    atomic_save(state, run / "checkpoints/step-1.safetensors")
     video = tmp_path / "moving.mp4"
     _write_video(video)
 
-    ckpt = str(run / "checkpoints/step-1.pt")
+    ckpt = str(run / "checkpoints/step-1.safetensors")
     code = main(["viz", "--checkpoint", ckpt, "--video", "synthetic:2", str(video), "--decode"])  # VAE decoder
     assert code == 0, capsys.readouterr().err
     out = run / "viz"  # the default: <run folder>/viz

@@ -7,6 +7,8 @@ A run is fully described by one `RunConfig`; `run_folder/config.yaml` holds the 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,7 +139,9 @@ class DataConfig:
     seed: int = 0  # which synthetic clips (the training seed changes init and order, not the data)
     num_frames: int = 8
     train_clips: int = 256  # synthetic: clips generated for training; files: cap on clips used (0 = all)
-    heldout_clips: int = 64  # clips never trained on, for held-out numbers
+    heldout_clips: int = 64  # clips never trained on, for held-out numbers (files: see heldout_fraction)
+    heldout_fraction: float | None = None  # files: held out iff the id's hash, in [0, 1), is below this (null: the
+    #                                        heldout_clips listed clips whose ids hash lowest)
     window: str = "clip"  # "clip" | "first:<seconds>": T frames evenly over it; "fps:<rate>": T frames 1/rate s apart
     frame_rate: float = 8.0  # frame folders: their extraction rate (fVLM frame folders: 8 fps, per patch_prediction)
     resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
@@ -194,7 +198,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Atomically (temp file + rename): a kill or a full disk never leaves a torn config.yaml."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -229,8 +240,15 @@ def _check_type(value, tp, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string: take every spelling float() takes
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -254,6 +272,40 @@ def _from_dict(cls, data, prefix: str = ""):
     return cls(**kwargs)
 
 
+def leaves(d: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1} (lists are leaves)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(leaves(v, key))
+        elif not isinstance(v, dict):
+            out[key] = v
+    return out
+
+
+def read_yaml(path: Path, what: str = "config file") -> dict:
+    """A YAML mapping from path; a syntax error or a non-mapping is one line naming the file, line and column."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} {where}: YAML syntax error: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{what} {path}:1:1: expected a mapping of keys (model:, data:, train:, ...), got a {type(data).__name__}"
+        )
+    return data
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():
@@ -269,7 +321,7 @@ def preset_dict(name: str) -> dict:
     path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"preset: unknown preset {name!r}; available: {', '.join(list_presets())}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path, "preset")
     parent = data.pop("inherit", None)  # a preset may start from another and change a few keys
     return _merge(preset_dict(parent), data) if parent else data
 
@@ -279,8 +331,17 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw else ""
-    for part in reversed(key.strip().split(".")):
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r}: the key {key!r} has an empty part; expected e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        col = f" at column {len(key) + 1 + mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"override {text!r}: the value does not parse{col}: {problem}") from None
+    for part in reversed(parts):
         value = {part: value}
     return value
 
@@ -294,14 +355,21 @@ def load_config(
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path)
     name = preset or data.get("preset") or "tiny"
-    merged = _merge(preset_dict(name), data)
+    base = preset_dict(name)
+    merged = _merge(base, data)
     merged["preset"] = name
+    # the keys asked for (an explicit preset or file, the overrides): a resume compares these with its own record
+    requested = set(leaves(base)) if preset or data.get("preset") else set()
+    requested |= set(leaves(data))
     for o in [overrides] if isinstance(overrides, dict) else overrides or []:
-        merged = _merge(merged, o if isinstance(o, dict) else parse_override(o))
+        o = o if isinstance(o, dict) else parse_override(o)
+        requested |= set(leaves(o))
+        merged = _merge(merged, o)
     cfg = _from_dict(RunConfig, merged)
     validate(cfg)
+    cfg.requested = requested
     return cfg
 
 
@@ -360,6 +428,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.num_frames: must be >= 2 (a next frame must exist), got {d.num_frames}")
     positive("data.train_clips", d.train_clips, 0)
     positive("data.heldout_clips", d.heldout_clips, 0)
+    if d.heldout_fraction is not None and not 0 <= d.heldout_fraction < 1:
+        raise ConfigError(f"data.heldout_fraction: must be in [0, 1) or null, got {d.heldout_fraction}")
     _one_of("data.resize", d.resize, ["crop", "squash"])
     kind, _, value = d.window.partition(":")
     try:

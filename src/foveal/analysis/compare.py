@@ -20,6 +20,7 @@ from foveal.analysis.aggregate import aggregate, run_metrics
 from foveal.analysis.report import write_report
 from foveal.analysis.tables import write_summary
 from foveal.config import RunConfig, replace
+from foveal.train import distributed
 from foveal.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,25 @@ def planned_runs(cfg: RunConfig, heads: list[str], out: Path, seeds: int, contro
     return runs
 
 
-def train_all(runs: list[RunConfig]) -> bool:
-    """Train each run and write its report; False on a non-zero rank under torchrun (rank 0 writes the tables)."""
+def finished(run: RunConfig) -> bool:
+    """A resumed comparison keeps a run whose results.json records its full budget."""
+    path = Path(run.out_dir) / "results.json"
+    return bool(run.resume) and path.exists() and json.loads(path.read_text()).get("steps") == run.train.steps
+
+
+def train_all(runs: list[RunConfig]) -> None:
+    """Train each run (every rank takes part in every run under torchrun) and, on rank 0, write its report."""
     for run in runs:
+        if finished(run):
+            log.info(f"{run.out_dir}: finished earlier, kept")
+            continue
         t0 = time.time()
         result = train(run)
-        if not result:
-            return False
+        if not result:  # a non-zero rank: rank 0 writes reports and tables
+            continue
         write_report(run.out_dir)
         what = "coarse-only" if not result["fine_iterations"] else f"held-out ratio {result['heldout_ratio']:.4f}"
         log.info(f"{run.model.head} seed {run.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
-    return True
 
 
 def rows_from(out: Path, heads: list[str], seed0: int, seeds: int, controls: bool) -> list[dict]:
@@ -87,11 +96,14 @@ def compare(
     summarize_only: bool = False,
 ) -> list[dict]:
     """Train every head (`seeds` times; with `controls` also a coarse-only model per head and seed), then one
-    aggregated row per head: out/<head>[/seed-<s>], out/<head>-coarse-only[/...].
-    summarize_only: train nothing, rebuild the tables from the folders already there."""
+    aggregated row per head: out/<head>[/seed-<s>], out/<head>-coarse-only[/...]. cfg.resume: finished runs are
+    kept and the others continue from their newest checkpoint. summarize_only: train nothing, rebuild the tables
+    from the folders already there. Under torchrun every rank trains; rank 0 alone writes and returns the rows."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if not summarize_only and not train_all(planned_runs(cfg, heads, out, seeds, controls)):
+    if not summarize_only:
+        train_all(planned_runs(cfg, heads, out, seeds, controls))
+    if not distributed.is_main():
         return []
     rows = rows_from(out, heads, cfg.train.seed, seeds, controls)
     write_summary(rows, cfg, out)

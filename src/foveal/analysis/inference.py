@@ -14,21 +14,14 @@ from foveal.evaluation.evaluate import evaluate
 from foveal.evaluation.summary import summarize
 from foveal.model.build import build_model
 from foveal.objectives import build_objective
-from foveal.train.checkpoint import latest, load_checkpoint, load_model_state
+from foveal.train.checkpoint import find_checkpoint, load_checkpoint, load_model_state
 
 MODES = ("coarse", "fine", "autoregressive")
 
 
 def load_run(checkpoint: str | Path, device: str = "cpu") -> tuple[RunConfig, torch.nn.Module, object]:
     """A checkpoint file (or a run folder: its newest checkpoint) -> (config, model in eval mode, tokenizer)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest(path / "checkpoints") or latest(path)
-        if found is None:
-            raise FileNotFoundError(f"no checkpoint (step-*.pt) in {path} or {path / 'checkpoints'}")
-        path = found
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = find_checkpoint(checkpoint)  # a run folder: its newest valid checkpoint (bad newer ones named)
     ckpt = load_checkpoint(path)
     cfg = config_from_dict(ckpt["config"])
     model, tokenizer = build_model(cfg)

@@ -28,7 +28,9 @@ from foveal.data.export import CODECS, FRAME_FORMATS
 from foveal.model.heads import HEADS
 from foveal.model.targets import TARGETS
 from foveal.train.allocator import keep_large_buffers
+from foveal.train.checkpoint import CheckpointError
 from foveal.train.optim import TrainingError
+from foveal.train.run_folder import RunFolderError, os_error_line
 
 
 def at_least_1(text: str) -> int:
@@ -46,6 +48,11 @@ def add_compare(sub) -> None:
     p.add_argument("--seeds", type=at_least_1, default=1, help="train each head N times (seed, seed+1, ...)")
     p.add_argument("--controls", action="store_true", help="also train a coarse-only model per head (fair baseline)")
     p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the tables from --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted comparison: finished runs kept, the others resumed",
+    )
     p.set_defaults(func=cmd_compare)
 
 
@@ -216,8 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"foveal: config error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError) as e:
+    except (TrainingError, FileNotFoundError, CheckpointError, RunFolderError) as e:
         print(f"foveal: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if os_error_line(e) is None:
+            raise
+        print(f"foveal: error: {os_error_line(e)}", file=sys.stderr)
         return 1
     return 0
 

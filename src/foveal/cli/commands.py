@@ -113,7 +113,7 @@ def parse_heads(text: str) -> list[str]:
 
 def cmd_compare(args) -> None:
     heads = parse_heads(args.heads) if args.heads else list(HEADS)
-    cfg = config_from_args(args, out_dir=args.out)
+    cfg = config_from_args(args, out_dir=args.out, **({"resume": True} if args.resume else {}))
     rows = compare(cfg, heads, args.out, args.seeds, args.controls, args.summarize_only)
     if rows:
         print(Path(args.out, "summary.md").read_text())

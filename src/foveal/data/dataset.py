@@ -12,7 +12,7 @@ from dataclasses import asdict
 import torch
 from torch.utils.data import Dataset
 
-from foveal.config import DataConfig, RunConfig
+from foveal.config import ConfigError, DataConfig, RunConfig
 from foveal.data.frames import resize_frames
 from foveal.data.synthetic import SynthClip, patch_masks, render_clip
 from foveal.data.video import file_datasets
@@ -70,6 +70,18 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     if d.source == "synthetic":
         return SyntheticClips(d, size, d.train_clips), SyntheticClips(d, size, d.heldout_clips, HELDOUT_OFFSET)
     return file_datasets(d, size)
+
+
+def check_enough_clips(train_set: Dataset, cfg: RunConfig, world: int = 1) -> None:
+    """Before any work: the training clips must fill one global batch (the sampler's epoch needs one)."""
+    t, d = cfg.train, cfg.data
+    need = t.batch_size * world
+    if len(train_set) < need:
+        raise ConfigError(
+            f"data: {len(train_set)} usable training clips in {d.source} are fewer than one global batch "
+            f"(train.batch_size {t.batch_size} x {world} rank(s) = {need}); lower train.batch_size, lower "
+            f"data.heldout_clips ({d.heldout_clips}), raise data.train_clips ({d.train_clips}) or add clips"
+        )
 
 
 class Collator:

@@ -6,11 +6,13 @@ order(k), so a resumed run (ks starting at step x grad_accum) continues exactly 
 
 from __future__ import annotations
 
-import sys
+import logging
 
 from torch.utils.data import DataLoader
 
 from foveal.config import DataConfig
+
+log = logging.getLogger(__name__)
 
 WORKER_TIMEOUT_S = 600  # a worker that delivers nothing for this long counts as failed
 
@@ -53,10 +55,9 @@ def micro_batches(dataset, collate, order, ks: range, data: DataConfig):
                 yield idx, raw
                 done += 1
         except Exception as e:
-            print(
+            log.warning(
                 f"warning: a data loader worker failed at micro-batch {ks[done]} ({type(e).__name__}: {e}); "
-                f"loading the remaining micro-batches in the main process",
-                file=sys.stderr,
+                f"loading the remaining micro-batches in the main process"
             )
     for k in ks[done:]:
         idx = order(k)

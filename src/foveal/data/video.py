@@ -5,7 +5,11 @@ data.source is either
               and video files directly in <root>
   a manifest  .csv or .jsonl, one clip per row: `path` (a video file or a frame folder, relative to the manifest)
               or WebVid's `videoid` (found as <root>[/<page_dir>]/<videoid>.<ext> or .../<videoid>/); the caption
-              in `caption` or WebVid's `name` (optional: reconstruction needs none); other columns are ignored.
+              in `caption` or WebVid's `name` (optional: reconstruction needs none); other columns are ignored
+              with one warning naming them. A manifest must be UTF-8 and (csv) start with a header line.
+
+A file reached by two spellings (`./a.mp4`, `x/../a.mp4`, an absolute path) is one clip: listed clips are
+de-duplicated by resolved path, and a clip named by its path is named by the path relative to the manifest folder.
 
 Every clip is probed when the dataset is built (it opens, has T frames in the window, its first and last sampled
 frames decode). A clip that fails is skipped with a warning naming it and the reason, and counted in
@@ -17,10 +21,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import logging
 import os
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +40,10 @@ from tqdm import tqdm
 from foveal.config import ConfigError, DataConfig
 from foveal.data.frames import resize_frames
 
+log = logging.getLogger(__name__)
+
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi")
+MANIFEST_COLUMNS = ("videoid", "path", "caption", "name", "duration", "page_dir", "contenturl")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MANIFEST_EXTS = (".csv", ".jsonl")
 SEEK_GAP_S = 2.0  # decode forward across gaps up to this long; seek to the keyframe before a target beyond it
@@ -60,9 +68,9 @@ class Skips(dict):
         names = self.setdefault(reason, [])
         names.append(name)
         if _main_process() and len(names) <= SHOWN_PER_REASON:
-            print(f"warning: skipped {name}: {reason}" + (f" ({detail})" if detail else ""), file=sys.stderr)
+            log.warning(f"warning: skipped {name}: {reason}" + (f" ({detail})" if detail else ""))
         elif _main_process() and len(names) == SHOWN_PER_REASON + 1:
-            print(f"warning: further clips skipped for '{reason}' are only counted", file=sys.stderr)
+            log.warning(f"warning: further clips skipped for '{reason}' are only counted")
 
     def counts(self) -> dict[str, int]:
         return {reason: len(names) for reason, names in self.items()}
@@ -104,12 +112,17 @@ def list_clips(source: str, skipped: Skips) -> list[Clip]:
         clips = _list_manifest(src, skipped)
     else:
         raise ConfigError(f"data.source: {source} is neither a folder nor a manifest ({', '.join(MANIFEST_EXTS)})")
-    unique, seen = [], set()
-    for clip in clips:  # one id, one clip: the held-out split stays disjoint from training
+    unique, seen, files = [], set(), {}
+    for clip in clips:  # one id, one clip; one file, one clip: the held-out split stays disjoint from training
         if clip.name in seen:
             skipped.add("duplicate clip id", clip.name, str(clip.path))
             continue
+        real = os.path.realpath(clip.path)
+        if real in files:
+            skipped.add("duplicate file", clip.name, f"{clip.path} is {files[real]}'s file {real}")
+            continue
         seen.add(clip.name)
+        files[real] = clip.name
         unique.append(clip)
     return unique
 
@@ -127,22 +140,55 @@ def _list_folder(root: Path) -> list[Clip]:
     return clips
 
 
+def _manifest_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark is no column
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"data.source: {path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); re-save it as UTF-8, "
+            f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+        ) from None
+
+
+def _check_columns(path: Path, columns: list[str], first_line: str) -> None:
+    names = [c.strip().lower() for c in columns if c is not None]
+    if "path" not in names and "videoid" not in names:
+        raise ConfigError(
+            f"data.source: {path} has no 'path' or 'videoid' column (its first line reads {first_line[:80]!r}); "
+            f"a csv manifest starts with a header line, e.g. path,caption"
+        )
+    unknown = [c for c in names if c and c not in MANIFEST_COLUMNS]
+    if unknown and _main_process():
+        log.warning(
+            f"warning: {path.name}: ignoring unknown column(s) {', '.join(unknown)} "
+            f"(known: {', '.join(MANIFEST_COLUMNS)})"
+        )
+
+
 def _manifest_rows(path: Path):
     """('manifest:line', row dict or None when the line is not a JSON object)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark is no column
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield f"{path.name}:{reader.line_num}", row
-            return
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            yield f"{path.name}:{line_no}", row if isinstance(row, dict) else None
+
+    text = _manifest_text(path)
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        _check_columns(path, reader.fieldnames or [], text.split("\n", 1)[0])
+        for row in reader:
+            yield f"{path.name}:{reader.line_num}", row
+        return
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        rows.append((f"{path.name}:{line_no}", row if isinstance(row, dict) else None))
+    columns = list(dict.fromkeys(str(k) for _, row in rows if row for k in row))
+    _check_columns(path, columns, text.split("\n", 1)[0])
+    yield from rows
 
 
 def _list_manifest(manifest: Path, skipped: Skips) -> list[Clip]:
@@ -156,6 +202,8 @@ def _list_manifest(manifest: Path, skipped: Skips) -> list[Clip]:
         videoid, rel = row.get("videoid", ""), row.get("path", "")
         if rel:
             path = root / Path(rel).expanduser()  # an absolute path stays absolute
+            if not videoid:  # named by its path: one name for every spelling of it (./a.mp4, x/../a.mp4, /abs/a.mp4)
+                rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
         elif videoid:
             path = _find_video(root, videoid, row.get("page_dir", ""))
         else:
@@ -257,11 +305,18 @@ def read_video(path: Path, pts: list[int]) -> list[np.ndarray]:
 
 
 def read_images(files: list[Path]) -> list[np.ndarray]:
+    """uint8 [H, W, 3] per file. 16-bit images (PIL modes I;16*, I) are scaled to 8 bits (x 255/65535), not
+    saturated as PIL's convert("RGB") does."""
 
     out = []
     for f in files:
         with Image.open(f) as im:
-            out.append(np.array(im.convert("RGB")))
+            if im.mode.startswith("I;16") or im.mode == "I":
+                a = np.asarray(im).astype(np.float64)
+                a = np.clip(np.round(a * (255 / 65535)), 0, 255).astype(np.uint8)
+                out.append(np.repeat(a[..., None], 3, axis=2))
+            else:
+                out.append(np.array(im.convert("RGB")))
     return out
 
 
@@ -281,6 +336,10 @@ def probe(clip: Clip, d: DataConfig, frame_size: int) -> Clip:
     if not path.exists():
         raise BadClip("missing file", str(path))
     if path.is_dir():
+        if path.suffix.lower() in VIDEO_EXTS:
+            raise BadClip(
+                "folder named like a video", f"{path} is a directory, not a {path.suffix} file; point at the file"
+            )
         files = sorted(
             (f for f in path.iterdir() if f.name.startswith("frame_") and f.suffix.lower() in IMAGE_EXTS),
             key=lambda f: (int(re.sub(r"\D", "", f.stem) or 0), f.name),  # frame_2 before frame_10
@@ -398,12 +457,24 @@ def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips
     return usable
 
 
-def heldout_split(clips: list[Clip], count: int) -> tuple[list[Clip], list[Clip]]:
-    """(train, held-out): the `count` clips whose id hashes lowest are held out, so the split depends only on the ids
-    (not on listing order), and adding clips moves few of them. Both keep listing order."""
-    rank = sorted(range(len(clips)), key=lambda i: hashlib.sha256(clips[i].name.encode()).hexdigest())
-    held = set(rank[:count])
-    return [c for i, c in enumerate(clips) if i not in held], [c for i, c in enumerate(clips) if i in held]
+def id_hash(name: str) -> float:
+    """A clip id -> a number in [0, 1): the first 8 bytes of sha256(id) / 2^64."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+
+
+def heldout_names(listed: list[Clip], count: int, fraction: float | None = None) -> set[str]:
+    """The ids held out, decided on the *listed* clips (before probing), so a clip that fails to probe never pulls
+    another into (or out of) the held-out set. fraction set: held out iff id_hash(id) < fraction (a function of each
+    id alone). Else the `count` listed ids with the lowest id_hash (exactly count when every clip probes; a failing
+    held-out clip just leaves the held-out set one smaller)."""
+    if fraction is not None:
+        return {c.name for c in listed if id_hash(c.name) < fraction}
+    return {c.name for c in sorted(listed, key=lambda c: id_hash(c.name))[:count]}
+
+
+def heldout_split(clips: list[Clip], held: set[str]) -> tuple[list[Clip], list[Clip]]:
+    """(train, held-out), both in listing order."""
+    return [c for c in clips if c.name not in held], [c for c in clips if c.name in held]
 
 
 _BUILT: dict = {}  # compare builds the datasets once per head: probe once per process
@@ -423,17 +494,26 @@ def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClip
             f"data.source: no usable clip in {d.source} ({len(listed)} listed; skipped: {skipped.summary()}); "
             f"see the warnings above"
         )
-    if d.heldout_clips >= len(clips):
+    if d.heldout_fraction is None and d.heldout_clips >= len(clips):
         raise ConfigError(
             f"data.heldout_clips: {d.heldout_clips} held-out clips leave none of the {len(clips)} usable clips of "
             f"{d.source} for training; lower it"
         )
-    train, heldout = heldout_split(clips, d.heldout_clips)
+    train, heldout = heldout_split(clips, heldout_names(listed, d.heldout_clips, d.heldout_fraction))
+    if not heldout and (d.heldout_fraction or d.heldout_clips):  # every held-out clip failed to probe
+        train, heldout = heldout_split(clips, heldout_names(clips, max(1, d.heldout_clips)))
+        if _main_process():
+            log.warning("warning: every held-out clip failed probing; holding out usable ones instead")
+    if not train:
+        raise ConfigError(
+            f"data.heldout_fraction: {d.heldout_fraction} holds out all {len(clips)} usable clips of {d.source}; "
+            f"lower it"
+        )
     if d.train_clips:
         train = train[: d.train_clips]
     if _main_process():
         skips = sum(skipped.counts().values())
-        print(
+        log.info(
             f"data: {d.source}: {len(clips)} usable clips ({len(train)} train, {len(heldout)} held-out); "
             f"skipped {skips}" + (f": {skipped.summary()}" if skips else "")
         )

@@ -36,6 +36,11 @@ class Dist:
         return self.sum([float(flag)])[0] > 0
 
 
+def is_main() -> bool:
+    """Whether this process is rank 0 (or the only one)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: str | None = None) -> Dist:
     if "RANK" not in os.environ:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from foveal.config import RunConfig
 from foveal.train.optim import TrainingError
+from foveal.train.run_folder import repair_metrics
 
 
 class MetricsLogger:
@@ -19,9 +20,7 @@ class MetricsLogger:
         self.tb = self.wandb = None
         if not enabled:
             return
-        if self.path.exists():  # drop lines past the checkpoint we resume from: no duplicated steps
-            lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
-            self.path.write_text("".join(ln + "\n" for ln in lines))
+        repair_metrics(self.path, start_step)  # lines past the resumed checkpoint, and torn lines, dropped
         if cfg.train.tensorboard:
             self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step)
         if cfg.train.wandb:

@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from foveal.config import RunConfig
-from foveal.data.dataset import Collator, build_datasets, micro_batch
+from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch
 from foveal.data.loader import micro_batches
 from foveal.evaluation.evaluate import evaluate, make_batch
 from foveal.evaluation.summary import summarize
@@ -41,7 +41,7 @@ from foveal.train.encoder_cache import EncoderCache, cache_plan
 from foveal.train.logger import MetricsLogger
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import summarize_run
-from foveal.train.run_folder import claim_run_folder, resume_path
+from foveal.train.run_folder import RunLock, claim_run_folder, record_resume, resume_config, resume_path
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainingError", "train"]
@@ -63,6 +63,7 @@ class Run:
     sched: object
     scaler: torch.amp.GradScaler
     enc_cache: EncoderCache | None
+    lock: RunLock | None = None  # rank 0 holds the run folder's lock
     history: dict = field(default_factory=dict)
     step: int = 0  # optimiser steps done
     data_position: int = 0  # micro-batches consumed
@@ -93,18 +94,30 @@ class Run:
 
 
 def set_up(cfg: RunConfig) -> Run:
+    """Inputs first (bad data fails before the run folder or the model exist), then the folder (locked: one
+    writer), the model, the target's preparation, the optimiser and, on --resume, the checkpoint."""
     dist = distributed.setup()
+    cfg, resume_changes = resume_config(cfg)  # the run's own config.yaml + safe changes; others refused
     t, out = cfg.train, Path(cfg.out_dir)
+    train_set, heldout_set = build_datasets(cfg)
+    check_enough_clips(train_set, cfg, dist.world)
+    lock = RunLock(out) if dist.main else None  # stale temp files of killed runs are removed once it is held
     resume_from = resume_path(cfg.resume, out / "checkpoints")
     if dist.main:
         claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
         cfg.save(out / "config.yaml")
+        record_resume(out, resume_from, resume_changes)
     torch.manual_seed(t.seed)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     model, tokenizer = build_model(cfg)
     model.to(dist.device)
-    train_set, heldout_set = build_datasets(cfg)
+    unread = cfg.model.frame_size % model.encoder.patch_size
+    if unread and dist.main:  # allowed (the full preset: 256 px at patch 14), but never silent
+        log.warning(
+            f"note: model.frame_size {cfg.model.frame_size} is not a multiple of the encoder's patch size "
+            f"{model.encoder.patch_size}: the last {unread} px rows and columns of every frame are never read"
+        )
     objective = build_objective(t.objective)
     prep = dict(main=dist.main, barrier=dist.barrier, out=out, fresh=resume_from is None)
     model.target.prepare(model, [train_set, heldout_set], **prep)  # VAE latents, a PCA, ...
@@ -120,7 +133,7 @@ def set_up(cfg: RunConfig) -> Run:
     opt, sched = make_optimizer(model, t, dist.device)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
     collate = Collator(tokenizer, t.max_caption_tokens)
-    run = Run(cfg, dist, out, model, objective, train_set, heldout_set, collate, opt, sched, scaler, enc_cache)
+    run = Run(cfg, dist, out, model, objective, train_set, heldout_set, collate, opt, sched, scaler, enc_cache, lock)
     run.history = {p: {k: [] for k in objective.kinds} for p in ("ratio", "coarse", "fine")}
     if resume_from is not None:
         restore(run, resume_from)
@@ -285,6 +298,15 @@ def train(cfg: RunConfig) -> dict:
     """Train cfg's model; returns the results (also written to results.json). Under torchrun, non-zero ranks
     return {}."""
     run = set_up(cfg)
+    try:
+        return run_loop(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def run_loop(run: Run) -> dict:
+    cfg = run.cfg
     t, dist = cfg.train, run.dist
     net = DDP(run.model, find_unused_parameters=True) if dist.world > 1 else run.model
     params = [p for p in run.model.parameters() if p.requires_grad]
