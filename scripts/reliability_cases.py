@@ -394,6 +394,46 @@ print(len(moved), len(after))
     return "no clip changes side when 5 fail", f"moved, kept: {out}", out == "0 15"
 
 
+def case_compare_resume():
+    out = TMP / "cmp-resume"
+    args = ["compare", "--heads", "film,mlp", "--out", out, *TINY, f"cache_dir={CACHE}"]
+    first = foveal(*args, "--quiet")
+    film = (out / "film" / "results.json").stat().st_mtime_ns if first.returncode == 0 else None
+    (out / "mlp" / "results.json").unlink(missing_ok=True)  # mlp cut short after its step-2 checkpoint
+    (out / "mlp" / "checkpoints" / "step-0000004.safetensors").unlink(missing_ok=True)
+    p = foveal(*args, "--resume")
+    kept = film is not None and (out / "film" / "results.json").stat().st_mtime_ns == film
+    ok = p.returncode == 0 and kept and "resumed from" in p.stderr and (out / "summary.md").exists() and clean(p)
+    return "finished head kept, the other resumed", f"rc {p.returncode}; film kept: {kept}", ok
+
+
+def case_compare_torchrun():
+    out = TMP / "cmp-ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "foveal"]
+    cmd += ["compare", "--heads", "film,mlp", "--quiet", "--out", str(out), *TINY, "train.batch_size=1"]
+    p = subprocess.run([*cmd, f"cache_dir={CACHE}"], cwd=TMP, env=ENV, capture_output=True, text=True, timeout=300)
+    heads = [r["head"] for r in json.loads((out / "summary.json").read_text())] if p.returncode == 0 else []
+    ok = heads == ["film", "mlp"] and clean(p)
+    return "2 ranks train both heads, no hang", f"rc {p.returncode}; heads {heads}", ok
+
+
+def case_clip_breaks_after_probing():
+    code = (
+        "import os\nfrom foveal.config import load_config\nfrom foveal.data.dataset import Collator, build_datasets\n"
+        "from foveal.evaluation.evaluate import make_batch\nfrom foveal.model.build import build_model\n"
+        f"cfg = load_config('tiny', overrides=['data.source={manifest_of(TMP / 'breaks', 4)}', 'data.heldout_clips=1',"
+        f" 'data.num_frames=4', 'model.frame_size=32', 'cache_dir={CACHE}'])\n"
+        "model, tok = build_model(cfg)\ntrain, held = build_datasets(cfg)\nmodel.target.prepare(model, [train, held])\n"
+        "broken, standin = train.clips[0], train.clips[1]\n"
+        "[f.write_bytes(b'not a png') for f in broken.frames]\n"
+        "raw = Collator(tok)([train[0]])\ntargets = model.target(make_batch(raw, 'cpu', False), None)\n"
+        "print(raw['keys'] == [standin.key], bool((targets[0] == model.target.store[standin.key]).all()))\n"
+    )
+    p = python(code)
+    ok = p.returncode == 0 and p.stdout.split() == ["True", "True"] and clean(p)
+    return "stand-in clip's own targets", f"rc {p.returncode}: served, own targets = {p.stdout.split()}", ok
+
+
 CASES = [(name[5:], fn) for name, fn in list(globals().items()) if name.startswith("case_")]
 
 

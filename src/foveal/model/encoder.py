@@ -94,27 +94,37 @@ class FoveatedEncoder(nn.Module):
         return PatchCache(torch.stack(keys), torch.stack(values), self.dino.layernorm(h))
 
     def attend(
-        self, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False
+        self,
+        queries: torch.Tensor,
+        cache: PatchCache,
+        return_attention: bool = False,
+        bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Attention | None]:
-        """queries [N, Q] or [N, K, Q] (K independent queries per frame) -> tokens [N, D] or [N, K, D]."""
+        """queries [N, Q] or [N, K, Q] (K independent queries per frame) -> tokens [N, D] or [N, K, D].
+        bias [N, P] or [N, K, P] (CLS first) is added to the query's attention logits in every layer: e.g. the
+        oracle look (`look_mask`), a large negative value outside the patches the query may read."""
         squeeze = queries.dim() == 2
         x = self.query_input_proj(queries[:, None] if squeeze else queries)  # [N, K, D]
+        if bias is not None and bias.dim() == 2:
+            bias = bias[:, None]  # [N, 1, P]: the same for every query of a frame
         if self.deep:
-            x, weights = self._attend_deep(x, cache, return_attention)
+            x, weights = self._attend_deep(x, cache, return_attention, bias)
         else:
-            x, weights = self._attend_shallow(x, cache, return_attention)
+            x, weights = self._attend_shallow(x, cache, return_attention, bias)
         z = self.query_output_proj(x)  # [N, K, D]
         attention = Attention(weights) if return_attention else None
         return (z[:, 0] if squeeze else z), attention
 
-    def _attend_deep(self, x, cache: PatchCache, return_attention: bool):
+    def _attend_deep(self, x, cache: PatchCache, return_attention: bool, bias=None):
         maps = []
+        bias = None if bias is None else bias[:, None].to(x.dtype)  # [N, 1, K|1, P], broadcast over heads
         for layer, k, v in zip(self.dino.encoder.layer, cache.keys, cache.values):
             attn = layer.attention
             q = self._split(attn.q_proj(layer.norm1(x)))  # [N, heads, K, hd]; no key of its own: patches only
             # written out, not SDPA: the K x P weights are small, and on CPU this runs ~5x (forward) and ~20x
             # (backward, bf16) faster than SDPA's flash kernel, which also computes the unused patch K/V gradients
-            w = torch.softmax((q @ k.transpose(-1, -2)) * self.head_dim**-0.5, dim=-1)  # [N, heads, K, P]
+            logits = (q @ k.transpose(-1, -2)) * self.head_dim**-0.5  # [N, heads, K, P]
+            w = torch.softmax(logits if bias is None else logits + bias, dim=-1)
             a = w @ v
             if return_attention:
                 maps.append(w.transpose(1, 2))  # [N, K, heads, P]
@@ -123,8 +133,21 @@ class FoveatedEncoder(nn.Module):
         weights = torch.stack(maps, dim=2) if return_attention else None  # [N, K, L, heads, P]
         return self.dino.layernorm(x), weights
 
-    def _attend_shallow(self, x, cache: PatchCache, return_attention: bool):
+    def _attend_shallow(self, x, cache: PatchCache, return_attention: bool, bias=None):
         f = cache.features  # [N, P, D]
-        w = torch.softmax((x @ f.transpose(-1, -2)) * self.width**-0.5, dim=-1)  # [N, K, P]
+        logits = (x @ f.transpose(-1, -2)) * self.width**-0.5  # [N, K, P]
+        w = torch.softmax(logits if bias is None else logits + bias.to(x.dtype), dim=-1)
         weights = w[:, :, None, None] if return_attention else None  # [N, K, 1, 1, P]
         return w @ f, weights
+
+
+LOOK_OUTSIDE = -1e4  # additive logit outside the allowed patches: exp(-1e4) underflows to 0 in fp32 and bf16
+
+
+def look_mask(patches: torch.Tensor) -> torch.Tensor:
+    """Allowed patches [..., G*G] bool (row-major, as the encoder orders them) -> additive attention bias
+    [..., 1+G*G] (CLS first, and always outside): 0 on the allowed patches, LOOK_OUTSIDE elsewhere. A frame where
+    no patch is allowed (the target covers none) gets no mask at all: all zeros, the query's own look."""
+    allowed = torch.cat([torch.zeros_like(patches[..., :1]), patches.bool()], dim=-1)  # [..., P]
+    bias = torch.where(allowed, 0.0, LOOK_OUTSIDE)
+    return bias.masked_fill(~allowed.any(-1, keepdim=True), 0.0)

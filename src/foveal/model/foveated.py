@@ -103,10 +103,12 @@ class FoveatedVLM(nn.Module):
         x = self.dino_to_llm(z)
         return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype) * self.visual_scale
 
-    def read(self, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False):
-        """queries [B, T, Q], cache of B*T frames -> LLM tokens [B, T, H]; one batched attend, no loop over frames."""
+    def read(self, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False, bias=None):
+        """queries [B, T, Q], cache of B*T frames -> LLM tokens [B, T, H]; one batched attend, no loop over frames.
+        bias [B, T, P]: added to the attention logits in every encoder layer (the oracle look: `look_mask`)."""
         b, t, _ = queries.shape
-        z, attention = self.encoder.attend(queries.reshape(b * t, -1), cache, return_attention)
+        bias = None if bias is None else bias.reshape(b * t, -1)
+        z, attention = self.encoder.attend(queries.reshape(b * t, -1), cache, return_attention, bias)
         return self.project(z).view(b, t, -1), attention
 
     def shift(self, queries: torch.Tensor) -> torch.Tensor:
@@ -158,14 +160,16 @@ class FoveatedVLM(nn.Module):
         text: Batch | None = None,
         return_attention: bool = False,
         final_llm: bool = True,
+        fine_bias: torch.Tensor | None = None,
     ) -> list[Pass]:
         """The coarse pass (static query), then `iterations` fine passes, each reading with the queries the pass
         before it emitted, shifted by one frame. final_llm=False stops before the last pass's LLM run (generation
-        runs it itself, with a KV cache)."""
+        runs it itself, with a KV cache). fine_bias [B, T, P]: an additive mask on every fine read's attention
+        logits (the oracle look); the coarse pass never gets one."""
         queries = self.q_static.expand(b, t, -1)  # [B, T, Q]
         passes = []
         for i in range(iterations + 1):
-            tokens, attention = self.read(queries, cache, return_attention)
+            tokens, attention = self.read(queries, cache, return_attention, None if i == 0 else fine_bias)
             p = Pass(queries, tokens, attention=attention)
             passes.append(p)
             if i == iterations and not final_llm:
@@ -182,11 +186,13 @@ class FoveatedVLM(nn.Module):
         fine_iterations: int = 1,
         cache: PatchCache | None = None,
         return_attention: bool = False,
+        fine_bias: torch.Tensor | None = None,
     ) -> Output:
         b, t = batch.frames.shape[:2]
         if cache is None:
             cache = self.encode(batch.frames)
-        passes = self.coarse_to_fine(cache, b, t, fine_iterations, batch if caption else None, return_attention)
+        text = batch if caption else None
+        passes = self.coarse_to_fine(cache, b, t, fine_iterations, text, return_attention, fine_bias=fine_bias)
         targets = batch.targets
         if recon:
             targets = self.target(batch, cache) if targets is None else targets  # [B, T, C, S, S]
