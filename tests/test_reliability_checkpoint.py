@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import foveal.train.checkpoint as ck
 from conftest import tiny_overrides
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -201,3 +202,18 @@ def test_checkpoint_holds_no_pickle_and_round_trips_exactly(tmp_path):
     assert torch.equal(back["w"], state["w"]) and back["w"].dtype == torch.bfloat16
     with pytest.raises(pickle.UnpicklingError):
         pickle.loads(path.read_bytes())  # not a pickle at all
+
+
+@pytest.mark.parametrize("header_bytes", [0x280, 0x380, 0x1080])
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_still_safetensors(tmp_path, header_bytes):
+    """The u64 header length is little-endian: a header of 0x280 bytes begins the file with 0x80 0x02, the opening of
+    a protocol-2 pickle. The file is what its structure says, not what its first byte suggests."""
+    path = tmp_path / "step-0000001.safetensors"
+    meta = {"pad": "x" * (header_bytes - 90)}
+    for extra in range(64):  # find a metadata length that makes the header exactly header_bytes long
+        with open(path, "wb") as f:
+            ck._write_file(f, {"w": torch.ones(2)}, {**meta, "p": "y" * extra})
+        if path.read_bytes()[:2] == header_bytes.to_bytes(8, "little")[:2]:
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert ck._sniff(path) == "safetensors"

@@ -247,10 +247,12 @@ def _sniff(path: Path) -> str:
     """'safetensors' | 'pickle' | 'other', from the first bytes."""
     with open(path, "rb") as f:
         head = f.read(9)
+    size = path.stat().st_size
+    # safetensors first: its u64 header length can start with any byte, 0x80 (a pickle's first byte) included
+    if len(head) == 9 and head[8:9] == b"{" and 8 + struct.unpack("<Q", head[:8])[0] <= size:
+        return "safetensors"
     if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip archive, or a raw pickle
         return "pickle"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     return "other"
 
 
