@@ -119,16 +119,21 @@ def test_param_groups_put_every_new_module_in_the_connector(tiny_cfg):
     assert lrs["connector"] == cfg.train.lr and lrs["backbone"] == cfg.train.backbone_lr
 
 
-def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
+def nan_on_call(monkeypatch, bad) -> None:
+    """The film head returns NaN on the calls for which bad(call number) is true (2 calls per step here)."""
     calls = {"n": 0}
     original = heads.FiLMHead.predict
 
     def flaky(self, h, prev):
         calls["n"] += 1
         out = original(self, h, prev)
-        return out * float("nan") if calls["n"] == 3 else out  # one micro-batch of step 1 (2 per step)
+        return out * float("nan") if bad(calls["n"]) else out
 
     monkeypatch.setattr(heads.FiLMHead, "predict", flaky)
+
+
+def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
+    nan_on_call(monkeypatch, lambda n: n == 3)  # one micro-batch of step 1
     cfg = tiny_cfg(**{"train.steps": 4})
     results = train(cfg)
     assert results["nonfinite_steps"] == 1
@@ -138,15 +143,7 @@ def test_nan_is_skipped_and_counted(tiny_cfg, monkeypatch):
 
 
 def test_consecutive_nans_stop_with_a_checkpoint_of_the_last_good_weights(tiny_cfg, monkeypatch):
-    calls = {"n": 0}
-    original = heads.FiLMHead.predict
-
-    def breaks_after_one_step(self, h, prev):
-        calls["n"] += 1
-        out = original(self, h, prev)
-        return out if calls["n"] <= 2 else out * float("nan")
-
-    monkeypatch.setattr(heads.FiLMHead, "predict", breaks_after_one_step)
+    nan_on_call(monkeypatch, lambda n: n > 2)  # every step after the first
     cfg = tiny_cfg(**{"train.steps": 10, "train.max_nonfinite": 3, "train.ckpt_every": 100})
     with pytest.raises(TrainingError, match="3 consecutive"):
         train(cfg)
@@ -266,15 +263,7 @@ def test_weight_decay_reaches_every_weight_matrix(tiny_cfg):
 
 
 def test_a_skipped_step_still_advances_the_schedule_and_best_follows_the_step_loss(tiny_cfg, monkeypatch):
-    calls = {"n": 0}
-    original = heads.FiLMHead.predict
-
-    def flaky(self, h, prev):
-        calls["n"] += 1
-        out = original(self, h, prev)
-        return out * float("nan") if calls["n"] == 3 else out  # step 1 is skipped
-
-    monkeypatch.setattr(heads.FiLMHead, "predict", flaky)
+    nan_on_call(monkeypatch, lambda n: n == 3)  # step 1 is skipped
     cfg = tiny_cfg(**{"train.steps": 4, "train.warmup_steps": 4, "train.ckpt_every": 1})
     train(cfg)
     rows = [json.loads(x) for x in (Path(cfg.out_dir) / "metrics.jsonl").read_text().splitlines()]
