@@ -64,5 +64,5 @@ def test_a_toy_target_and_objective_run_through_compare(registered, tiny_cfg, tm
 
 
 def test_an_unregistered_target_is_a_config_error(tiny_cfg):
-    with pytest.raises(ConfigError, match="model.target: 'toy_pooled' is not allowed; choose one of dino, vae"):
+    with pytest.raises(ConfigError, match="model.target: 'toy_pooled' is not allowed; choose one of dino, pixels, vae"):
         tiny_cfg(**{"model.target": "toy_pooled"})

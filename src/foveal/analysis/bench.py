@@ -175,21 +175,24 @@ class Step:
 # naive variants: what the optimised step replaced, swapped in for a measurement (the model code is untouched)
 
 
-def per_frame_read(model: FoveatedVLM, queries: torch.Tensor, cache: PatchCache, return_attention: bool = False):
+def per_frame_read(model: FoveatedVLM, queries: torch.Tensor, cache: PatchCache, return_attention=False, bias=None):
     """The reference's loop: one attend call per frame position t, over that position's frames of every clip
     (strided views of the cache, as the reference's per-frame split)."""
     b, t, _ = queries.shape
     k, v = cache.keys.unflatten(1, (b, t)), cache.values.unflatten(1, (b, t))  # [L, B, T, heads, P, hd]
     features = cache.features.unflatten(0, (b, t))  # [B, T, P, D]
-    z = [model.encoder.attend(queries[:, i], PatchCache(k[:, :, i], v[:, :, i], features[:, i]))[0] for i in range(t)]
+    frame_bias = [None] * t if bias is None else bias.unbind(1)  # [B, P] per frame
+    caches = [PatchCache(k[:, :, i], v[:, :, i], features[:, i]) for i in range(t)]
+    z = [model.encoder.attend(queries[:, i], caches[i], bias=frame_bias[i])[0] for i in range(t)]
     return model.project(torch.stack(z, dim=1)), None  # [B, T, H]
 
 
-def sdpa_attend_deep(encoder, x: torch.Tensor, cache: PatchCache, return_attention: bool = False):
+def sdpa_attend_deep(encoder, x: torch.Tensor, cache: PatchCache, return_attention=False, bias=None):
     """The deep query path through F.scaled_dot_product_attention instead of the written-out softmax."""
+    mask = None if bias is None else bias[:, None].to(x.dtype)  # [N, 1, K|1, P], as the written-out path adds it
     for layer, k, v in zip(encoder.dino.encoder.layer, cache.keys, cache.values):
         attn = layer.attention
-        a = F.scaled_dot_product_attention(encoder._split(attn.q_proj(layer.norm1(x))), k, v)
+        a = F.scaled_dot_product_attention(encoder._split(attn.q_proj(layer.norm1(x))), k, v, attn_mask=mask)
         x = x + layer.layer_scale1(attn.o_proj(encoder._merge(a)))
         x = x + layer.layer_scale2(layer.mlp(layer.norm2(x)))
     return encoder.dino.layernorm(x), None
