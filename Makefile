@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(STAMP)  ## the five-head comparison on the embedded default (tiny preset, synthetic clips)
-	$(BIN)/foveal compare --preset tiny --out $(OUT) --overwrite
+run: $(STAMP)  ## the five-head comparison on the look benchmark (tiny models, synthetic clips) with its controls
+	$(BIN)/foveal compare --preset look --out $(OUT) --overwrite
 
 test: $(STAMP)  ## the whole suite (a few minutes on 2 cores)
 	$(BIN)/python -m pytest

@@ -42,7 +42,7 @@ def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
     )
     assert code == 0
     printed = capsys.readouterr().out
-    head = "| Head Type | Steps | Final Ratio | Ratio > 1.0 | Parameters | Held-out Ratio | Held-out MSE fine (t>=1) |"
+    head = "| Head Type | Steps | Final Ratio | Ratio > 1.0 | Parameters | Held-out Ratio | Held-out MSE fine (t>=2) |"
     assert head in printed and "| copy-last (control) |" in printed  # every target has the copy-last control
     rows = json.loads((out / "summary.json").read_text())
     assert [r["head"] for r in rows] == list(HEADS)
@@ -56,7 +56,8 @@ def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
         assert len(per_head["step_ratios"]["recon"]) == 2
         assert per_head["final_ratio"] == r["final_ratio"]
     md = (out / "summary.md").read_text()
-    assert md.count("\n| **") == len(HEADS)
+    assert md.count("\n| **") == 2 * len(HEADS)  # the looking table first, then the study's table
+    assert md.index("**Does looking pay?**") < md.index("| Head Type |") and "| Oracle-look model |" in md
     assert (out / "comparison.png").stat().st_size > 10_000
 
 

@@ -136,7 +136,7 @@ def test_compare_with_controls_trains_a_coarse_only_model(tiny_cfg, tmp_path):
     table pairs its held-out loss with the fine path's, clip by clip."""
     cfg = tiny_cfg()
     init, _ = build_model(cfg)  # every component is seeded by name: the runs start from these weights
-    rows = compare(cfg, ["film"], tmp_path / "cmp", controls=True)
+    rows = compare(cfg, ["film"], tmp_path / "cmp", controls="all")
     only = Path(tmp_path / "cmp" / "film-coarse-only")
     trained = load_checkpoint(latest(only / "checkpoints"))["model"]
     for name in ("q_init", "fine_token", "llm_to_query.weight"):
@@ -148,11 +148,12 @@ def test_compare_with_controls_trains_a_coarse_only_model(tiny_cfg, tmp_path):
 
     control = torch.load(only / "heldout_losses.pt")
     main = torch.load(tmp_path / "cmp" / "film" / "heldout_losses.pt")
-    expected = control["recon_coarse"][:, 1:].mean(1).sum() / main["recon_fine"][:, 1:].mean(1).sum()
+    expected = control["recon_coarse"][:, 2:].mean(1).sum() / main["recon_fine"][:, 2:].mean(1).sum()
     m = rows[0]["metrics"]
     assert m["recon_coarse_only_over_fine"]["value"] == pytest.approx(expected.item(), rel=1e-5)
     text = (tmp_path / "cmp" / "summary.md").read_text()
-    for column in ("Coarse-only / fine", "Copy-last", "h=0 minus fine", "Recon ratio, frames 1..T-1"):
+    columns = ["Coarse-only / fine", "Copy-last", "h=0 minus fine", "Recon ratio, steered frames t>=2"]
+    for column in [*columns, "Oracle-look model", "Prev-only model"]:
         assert column in text
 
 
@@ -190,7 +191,7 @@ def test_seeds_aggregate_to_a_student_t_interval():
 def test_seed_claim_is_read_off_the_intervals():
     def row(objective, lo, hi):
         metric = {"value": (lo + hi) / 2, "ci": [lo, hi]}
-        return {"head": "film", "objective": objective, "metrics": {"recon_ratio_after_first": metric}}
+        return {"head": "film", "objective": objective, "metrics": {"recon_ratio": metric}}
 
     assert "**confirmed**" in seed_claim([row("recon", 0.99, 1.01), row("joint", 1.10, 1.20)])
     assert "**refuted**" in seed_claim([row("recon", 1.05, 1.10), row("joint", 0.99, 1.01)])

@@ -276,7 +276,7 @@ def test_compare_on_the_dino_target_has_the_copy_last_row_and_the_gap(tmp_path, 
         assert -1 <= result["cos_fine"] <= 1 and result["mse_fine"] == result["loss_fine"]  # mse is the default loss
         assert m["h_zero_minus_fine"]["over"] == "clips"  # the h-ablation, as on every target
         held = result["heldout"]["recon"]
-        assert {"mse_fine_after_first", "cos_fine_after_first", "cos_coarse"} <= set(held)
+        assert {"mse_fine_steered", "cos_fine_steered", "cos_coarse"} <= set(held)
     # the fitted reduction is saved in the run and carried by its checkpoint
     saved = load_file(str(out / "film" / "target_pca.safetensors"))
     _, model, _ = load_run(out / "film")

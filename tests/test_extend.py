@@ -46,7 +46,7 @@ def registered():
 
 def test_a_toy_target_and_objective_run_through_compare(registered, tiny_cfg, tmp_path):
     cfg = tiny_cfg(**{"model.target": "toy_pooled", "train.objective": "toy_sum", "train.steps": 2})
-    rows = compare(cfg, ["film", "spatial_film"], tmp_path / "cmp", controls=True)
+    rows = compare(cfg, ["film", "spatial_film"], tmp_path / "cmp", controls="all")
     assert [r["head"] for r in rows] == ["film", "spatial_film"]
     for r in rows:
         assert r["target"] == "toy_pooled" and r["objective"] == "toy_sum" and r["target_shape"] == [3, 8, 8]

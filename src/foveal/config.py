@@ -116,6 +116,12 @@ class ModelConfig:
     target: str = "vae"  # vae: next frame's VAE latent | dino: next frame's encoder patch features
     dino_target: DinoTargetSpec = field(default_factory=DinoTargetSpec)
     target_loss: str = "mse"  # mse | smooth_l1 | cosine (1 - cosine over channels); MSE and cosine always reported
+    look: str = "learned"  # learned: the fine pass reads with the LLM's queries | oracle: attention forced onto the
+    #                        ground-truth target's patches in every encoder layer (the ceiling control; synthetic data)
+    prev_only: bool = False  # the head gets a learned constant instead of h: the floor control (prev frame alone)
+    predict: str = "frame"  # frame: the head outputs frame t | delta: it outputs frame t - frame t-1 (added back)
+    prev_noise: float = 0.0  # training only: Gaussian noise of this std (x the target's std) on the head's prev input
+    prev_drop: float = 0.0  # training only: probability that a frame's prev input is replaced by the learned blank
 
 
 @dataclass
@@ -130,6 +136,10 @@ class SynthSpec:
     other_speed: float | None = None  # every object but the target; 0 = only the target moves; null = speed
     textured_background: bool = False
     target_on_top: bool = False  # paint the target last, so no other object ever hides it
+    target_colours: int = 1  # the target cycles through this many colours of its own (frame t: colour t mod n)
+    distractor_flicker: bool = False  # distractors take a fresh random colour every frame (unpredictable)
+    target_flicker: bool = False  # the target takes a fresh random colour every frame (overrides target_colours)
+    lamp: float = 0.0  # frame t's background mixes in this share of the target's colour in frame t-1 (0: off)
     render_size: int = 0  # 0 = the model's frame size
 
 
@@ -406,6 +416,19 @@ def _lookup(cfg: RunConfig, key: str):
     return value
 
 
+def _check_head_options(cfg: RunConfig) -> None:
+    m = cfg.model
+    _one_of("model.look", m.look, ["learned", "oracle"])
+    _one_of("model.predict", m.predict, ["frame", "delta"])
+    if m.prev_noise < 0 or not 0 <= m.prev_drop <= 1:
+        raise ConfigError("model.prev_noise must be >= 0 and model.prev_drop in [0, 1]")
+    if m.look == "oracle" and cfg.data.source != "synthetic":
+        raise ConfigError(
+            "model.look=oracle reads each frame at the ground-truth target, which only synthetic clips have: "
+            "use data.source=synthetic or model.look=learned"
+        )
+
+
 def validate(cfg: RunConfig) -> None:
     """Every impossible value, before any work. Component choices are checked against their registries (those
     loaded so far: every command loads them all), and each chosen component checks its own options."""
@@ -426,6 +449,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.visual_scale: must be > 0 or null, got {m.visual_scale}")
     if d.num_frames < 2:
         raise ConfigError(f"data.num_frames: must be >= 2 (a next frame must exist), got {d.num_frames}")
+    if d.num_frames < 3 and t.fine_iterations:
+        raise ConfigError(
+            f"data.num_frames: {d.num_frames}; a fine pass needs >= 3 frames (only frames t >= 2 are predicted from "
+            "a state that saw an LLM-chosen look), or set train.fine_iterations=0"
+        )
     positive("data.train_clips", d.train_clips, 0)
     positive("data.heldout_clips", d.heldout_clips, 0)
     if d.heldout_fraction is not None and not 0 <= d.heldout_fraction < 1:
@@ -453,6 +481,10 @@ def validate(cfg: RunConfig) -> None:
     if d.synthetic.speed < 0 or (d.synthetic.other_speed or 0) < 0:
         raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
     positive("data.synthetic.num_objects", d.synthetic.num_objects)
+    positive("data.synthetic.target_colours", d.synthetic.target_colours)
+    if not 0 <= d.synthetic.lamp <= 1:
+        raise ConfigError(f"data.synthetic.lamp: a share in [0, 1], got {d.synthetic.lamp}")
+    _check_head_options(cfg)
     _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from foveal.evaluation.stats import NAN, Estimate, ratio_estimate, seeds_estimate
+from foveal.evaluation.stats import (
+    NAN,
+    Estimate,
+    diff_estimate,
+    gain_captured,
+    oracle_headroom,
+    ratio_estimate,
+    seeds_estimate,
+)
+from foveal.evaluation.summary import steered
+from foveal.model.foveated import FIRST_STEERED
 
 # the reference's table fields and the run's description, read from the first seed (the same for every seed)
 DESCRIPTION = ("head", "steps", "params", "coarse_weight", "seed", "ratio_kind", "objective", "preset")
@@ -38,11 +48,13 @@ def heldout_metrics(held: dict) -> dict[str, Estimate]:
         for path in ("coarse", "fine"):
             if f"video_other_minus_{path}" in s:
                 m[f"caption_video_other_minus_{path}"] = _interval(s[f"video_other_minus_{path}"], n)
-        if "ratio_after_first" in s:
-            m[f"{kind}_ratio_after_first"] = Estimate(s["ratio_after_first"], *s["ratio_after_first_ci"], "clips", n)
-            m[f"{kind}_fine_better_after_first"] = _value(s["fine_better_share_after_first"])
+        if "ratio_all_frames" in s:
+            m[f"{kind}_ratio_all_frames"] = Estimate(s["ratio_all_frames"], *s["ratio_all_frames_ci"], "clips", n)
+        for look in ("oracle_eval", "shuffled"):
+            if f"ratio_{look}" in s:
+                m[f"{kind}_ratio_{look}"] = _interval(s[f"ratio_{look}"], n)
     recon = held.get("recon", {})
-    for key in ("mse_fine_after_first", "cos_fine_after_first"):
+    for key in ("mse_fine_steered", "cos_fine_steered"):
         if key in recon:
             m[key] = _value(recon[key])
     return m
@@ -81,7 +93,7 @@ def coarse_only_metrics(arrays: dict, control: dict, seed: int) -> dict[str, Est
     """The fair baseline: a model that only ever had q_static, on the same held-out clips."""
     m = {}
     if "recon_fine" in arrays:
-        only, fine = control["recon_coarse"][:, 1:].mean(1), arrays["recon_fine"][:, 1:].mean(1)
+        only, fine = steered(control["recon_coarse"]), steered(arrays["recon_fine"])
         m["loss_coarse_only"] = _value(only.mean())
         m["recon_coarse_only_over_fine"] = ratio_estimate(only, fine, seed)
     if "caption_fine" in arrays:
@@ -93,8 +105,44 @@ def coarse_only_metrics(arrays: dict, control: dict, seed: int) -> dict[str, Est
     return m
 
 
-def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0) -> dict:
-    """One trained model -> {"metrics": name -> Estimate, "layers", "step_ratios", "result"}."""
+def look_metrics(arrays: dict, oracle, prev_only, seed: int, reference: dict | None = None) -> dict[str, Estimate]:
+    """The trained control models against the coarse path of the model they were trained beside (this one, or
+    `reference`: the reference head's main run, whose controls this head borrows), steered frames, the same
+    held-out clips: coarse / oracle-look model (the ceiling), coarse / prev-only model (the floor: h a constant),
+    the oracle's own ratio, and the share of the oracle's gain this model's learned looks capture, where the oracle
+    has headroom (else NaN: "no headroom")."""
+    m = {}
+    for kind in ("recon", "caption"):
+        if f"{kind}_coarse" not in arrays:
+            continue
+        per_clip = steered if kind == "recon" else (lambda x: x)  # noqa: E731
+        coarse = per_clip(arrays[f"{kind}_coarse"])
+        beside = coarse if reference is None else per_clip(reference[f"{kind}_coarse"])
+        if oracle is not None and f"{kind}_fine" in oracle:
+            best = per_clip(oracle[f"{kind}_fine"])
+            m[f"{kind}_oracle_ratio"] = ratio_estimate(beside, best, seed)
+            m[f"{kind}_oracle_own_ratio"] = ratio_estimate(per_clip(oracle[f"{kind}_coarse"]), best, seed)
+            m[f"{kind}_oracle_gain"] = diff_estimate(beside, best, seed)
+            if f"{kind}_fine" in arrays:
+                fine = per_clip(arrays[f"{kind}_fine"])
+                gain = gain_captured(coarse, fine, best, None if reference is None else beside, seed=seed)
+                m[f"{kind}_gain_captured"] = gain if oracle_headroom(beside, best, seed) else Estimate(NAN)
+        if prev_only is not None and kind == "recon":
+            m["recon_prev_only_ratio"] = ratio_estimate(beside, steered(prev_only["recon_coarse"]), seed)
+            m["loss_prev_only"] = _value(steered(prev_only["recon_coarse"]).mean())
+    if oracle is not None and "region_fine" in oracle:
+        m["region_oracle"] = _value(np.nanmean(oracle["region_fine"][:, FIRST_STEERED:]))
+    for path in ("coarse", "fine"):
+        if f"region_{path}" in arrays:
+            m[f"region_{path}"] = _value(np.nanmean(arrays[f"region_{path}"][:, FIRST_STEERED:]))
+    return m
+
+
+def run_metrics(
+    result: dict, arrays: dict, control: dict | None, seed: int = 0, oracle=None, prev_only=None, reference=None
+) -> dict:
+    """One trained model (and its control models' held-out arrays, where trained) -> {"metrics": name ->
+    Estimate, "layers", "step_ratios", "result"}."""
     held = result["heldout"]
     m = {
         "final_ratio": _value(result["final_ratio"]),
@@ -108,6 +156,7 @@ def run_metrics(result: dict, arrays: dict, control: dict | None, seed: int = 0)
     m |= controls
     if control is not None:
         m |= coarse_only_metrics(arrays, control, seed)
+    m |= look_metrics(arrays, oracle, prev_only, seed, reference)
     return {"metrics": m, "layers": layers, "step_ratios": result["step_ratios"], "result": result}
 
 
@@ -117,6 +166,7 @@ def aggregate(runs: list[dict]) -> dict:
     for name in runs[0]["metrics"]:
         values = [r["metrics"][name] for r in runs if name in r["metrics"]]
         metrics[name] = values[0] if len(values) == 1 else seeds_estimate([v.value for v in values])
+
     layers = {
         path: np.mean([r["layers"][path] for r in runs if path in r["layers"]], axis=0).tolist()
         for path in runs[0]["layers"]

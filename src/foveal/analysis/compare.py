@@ -1,6 +1,7 @@
 """`foveal compare`: train one model per prediction head under the same data, order and budget (optionally several
 seeds, and a coarse-only control per head and seed), then write the held-out tables (summary.md / summary.json),
-each run's results.json and report.html, and a chart.
+each run's results.json and report.html, and a chart. The control models (a coarse-only, an oracle-look and a
+prev-only model per head and seed, or the oracle and prev-only for the first head alone) bound the ratio.
 
 Orchestration only: aggregate.py turns the run folders into rows of typed estimates, tables.py renders them.
 Every number in the tables is held-out; with one seed its interval is a 95% paired bootstrap over held-out clips,
@@ -26,8 +27,12 @@ from foveal.train.loop import train
 log = logging.getLogger(__name__)
 
 
-def run_dir(out: Path, head: str, seed: int, seeds: int, coarse_only: bool = False) -> Path:
-    name = f"{head}-coarse-only" if coarse_only else head
+CONTROL_MODELS = ("coarse-only", "oracle", "prev-only")  # separately trained control models, folder suffixes
+CONTROL_CHOICES = ("none", "reference", "all")  # --controls: none; the first head's oracle + prev-only; all of them
+
+
+def run_dir(out: Path, head: str, seed: int, seeds: int, control: str = "") -> Path:
+    name = f"{head}-{control}" if control else head
     return out / name if seeds == 1 else out / name / f"seed-{seed}"
 
 
@@ -39,17 +44,37 @@ def read_run(folder: Path) -> tuple[dict, dict]:
     return json.loads((folder / "results.json").read_text()), arrays
 
 
-def planned_runs(cfg: RunConfig, heads: list[str], out: Path, seeds: int, controls: bool) -> list[RunConfig]:
-    """Every model the comparison trains: per head and seed the main run and, with controls, a coarse-only model
-    (train.fine_iterations=0: the static query only, same steps, clips and order)."""
+def control_run(run: RunConfig, control: str, coarse_weight: float) -> dict:
+    """The overrides that turn a head's run into one of its control models (same steps, clips and order):
+    coarse-only: the static query only; oracle: the fine pass reads every frame at the target (model.look=oracle);
+    prev-only: the head gets a learned constant instead of h (a coarse-only model: h is unused anyway)."""
+    only = {"fine_iterations": 0, "coarse_weight": coarse_weight or 1.0}
+    return {
+        "coarse-only": {"train": only},
+        "oracle": {"model": {"look": "oracle"}},
+        "prev-only": {"model": {"prev_only": True}, "train": only},
+    }[control]
+
+
+def controls_for(cfg: RunConfig, head: str, heads: list[str], controls: str) -> list[str]:
+    """Which control models a head gets. The oracle needs ground truth (synthetic clips)."""
+    wanted = {"none": [], "reference": ["oracle", "prev-only"] if head == heads[0] else [], "all": CONTROL_MODELS}
+    chosen = list(wanted[controls])
+    if cfg.data.source != "synthetic" and "oracle" in chosen:
+        chosen.remove("oracle")
+    return chosen
+
+
+def planned_runs(cfg: RunConfig, heads: list[str], out: Path, seeds: int, controls: str) -> list[RunConfig]:
+    """Every model the comparison trains: per head and seed the main run and its control models."""
     runs = []
     for head in heads:
         for seed in range(cfg.train.seed, cfg.train.seed + seeds):
             run = replace(cfg, model={"head": head}, train={"seed": seed}, out_dir=str(run_dir(out, head, seed, seeds)))
             runs.append(run)
-            if controls:
-                only = {"fine_iterations": 0, "coarse_weight": cfg.train.coarse_weight or 1.0}
-                runs.append(replace(run, train=only, out_dir=str(run_dir(out, head, seed, seeds, coarse_only=True))))
+            for control in controls_for(cfg, head, heads, controls):
+                over = control_run(run, control, cfg.train.coarse_weight)
+                runs.append(replace(run, **over, out_dir=str(run_dir(out, head, seed, seeds, control))))
     return runs
 
 
@@ -71,19 +96,30 @@ def train_all(runs: list[RunConfig]) -> None:
             continue
         write_report(run.out_dir)
         what = "coarse-only" if not result["fine_iterations"] else f"held-out ratio {result['heldout_ratio']:.4f}"
+        what += " (oracle look)" if run.model.look == "oracle" else " (prev-only)" if run.model.prev_only else ""
         log.info(f"{run.model.head} seed {run.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
 
 
-def rows_from(out: Path, heads: list[str], seed0: int, seeds: int, controls: bool) -> list[dict]:
-    """One aggregated row per head, read back from the run folders."""
+def rows_from(cfg: RunConfig, out: Path, heads: list[str], seeds: int, controls: str) -> list[dict]:
+    """One aggregated row per head, read back from the run folders. A head without its own oracle / prev-only
+    models borrows the reference head's (the first head): their ratios are against the reference's coarse path,
+    and the gain captured is this head's gain over the reference's headroom; its row says so."""
     rows = []
+    seed0 = cfg.train.seed
     for head in heads:
         runs = []
+        own = controls_for(cfg, head, heads, controls)
+        borrowed = [c for c in controls_for(cfg, heads[0], heads, controls) if c not in own and c != "coarse-only"]
         for seed in range(seed0, seed0 + seeds):
             result, arrays = read_run(run_dir(out, head, seed, seeds))
-            control = read_run(run_dir(out, head, seed, seeds, coarse_only=True))[1] if controls else None
-            runs.append(run_metrics(result, arrays, control, seed))
-        rows.append(aggregate(runs))
+            found = {c: read_run(run_dir(out, head, seed, seeds, c))[1] for c in own}
+            found |= {c: read_run(run_dir(out, heads[0], seed, seeds, c))[1] for c in borrowed}
+            reference = read_run(run_dir(out, heads[0], seed, seeds))[1] if borrowed else None
+            controls_found = (found.get("coarse-only"), seed, found.get("oracle"), found.get("prev-only"), reference)
+            runs.append(run_metrics(result, arrays, *controls_found))
+        row = aggregate(runs)
+        row["controls_from"] = heads[0] if borrowed else head
+        rows.append(row)
     return rows
 
 
@@ -92,11 +128,12 @@ def compare(
     heads: list[str],
     out_dir: str | Path,
     seeds: int = 1,
-    controls: bool = False,
+    controls: str = "reference",
     summarize_only: bool = False,
 ) -> list[dict]:
-    """Train every head (`seeds` times; with `controls` also a coarse-only model per head and seed), then one
-    aggregated row per head: out/<head>[/seed-<s>], out/<head>-coarse-only[/...]. cfg.resume: finished runs are
+    """Train every head (`seeds` times) and its control models (`controls`: none | reference (the first head's
+    oracle-look and prev-only models) | all (coarse-only, oracle, prev-only for every head)), then one aggregated
+    row per head: out/<head>[/seed-<s>], out/<head>-<control>[/...]. cfg.resume: finished runs are
     kept and the others continue from their newest checkpoint. summarize_only: train nothing, rebuild the tables
     from the folders already there. Under torchrun every rank trains; rank 0 alone writes and returns the rows."""
     out = Path(out_dir)
@@ -105,7 +142,7 @@ def compare(
         train_all(planned_runs(cfg, heads, out, seeds, controls))
     if not distributed.is_main():
         return []
-    rows = rows_from(out, heads, cfg.train.seed, seeds, controls)
+    rows = rows_from(cfg, out, heads, seeds, controls)
     write_summary(rows, cfg, out)
     log.info("compare: writing report.html")
     write_report(out)

@@ -58,7 +58,7 @@ def table(rows: list[dict]) -> str:
         if joint:
             cells += [cell(r, "final_caption_ratio"), cell(r, "caption_ratio")]
         if target:
-            cells += [cell(r, "mse_fine_after_first"), cell(r, "cos_fine_after_first"), cell(r, "mse_copy_over_fine")]
+            cells += [cell(r, "mse_fine_steered"), cell(r, "cos_fine_steered"), cell(r, "mse_copy_over_fine")]
         cells.append("; ".join(n for n in notes if n))
         lines.append("| " + " | ".join(cells) + " |")
     if target:
@@ -85,10 +85,10 @@ def cell(row: dict, name: str, style: str = "ratio") -> str:
 
 # (column title, metric, style); a column no row has is left out
 RATIO_COLUMNS = [
-    ("Recon ratio", "recon_ratio", "ratio"),
-    ("Recon ratio, frames 1..T-1", "recon_ratio_after_first", "ratio"),
-    ("Fine better (clips, frames 1..T-1)", "recon_fine_better_after_first", "share"),
-    ("Coarse-only / fine (frames 1..T-1)", "recon_coarse_only_over_fine", "ratio"),
+    ("Recon ratio, steered frames t>=2", "recon_ratio", "ratio"),
+    ("Fine better (clips, t>=2)", "recon_fine_better", "share"),
+    ("Coarse-only / fine (t>=2)", "recon_coarse_only_over_fine", "ratio"),
+    ("Recon ratio, all frames", "recon_ratio_all_frames", "ratio"),
     ("Caption ratio", "caption_ratio", "ratio"),
     ("Fine better (clips, caption)", "caption_fine_better", "share"),
     ("Caption coarse-only / fine", "caption_coarse_only_over_fine", "ratio"),
@@ -129,6 +129,65 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]], extra=
     return "\n".join(lines)
 
 
+# the looking table: every ratio is the model's coarse loss over the loss with another look, steered frames t>=2
+LOOK_COLUMNS = [
+    ("Fine (learned looks)", "recon_ratio", False),
+    ("Oracle-look model", "recon_oracle_ratio", True),
+    ("Oracle look at eval", "recon_ratio_oracle_eval", False),
+    ("Shuffled looks", "recon_ratio_shuffled", False),
+    ("Prev-only model", "recon_prev_only_ratio", True),
+    ("Gain captured", "recon_gain_captured", True),
+    ("Caption fine", "caption_ratio", False),
+    ("Caption oracle-look model", "caption_oracle_ratio", True),
+    ("Caption shuffled", "caption_ratio_shuffled", False),
+    ("Caption gain captured", "caption_gain_captured", True),
+]
+REGION_COLUMNS = [
+    ("Coarse", "region_coarse", "loss"),
+    ("Fine", "region_fine", "loss"),
+    ("Oracle-look model", "region_oracle", "loss"),
+]
+
+
+def look_cell(row: dict, name: str, from_control: bool) -> str:
+    """A looking-table cell; a gain without oracle headroom says so; a value from the reference head's control
+    models is marked with a dagger."""
+    if name.endswith("gain_captured") and name in row["metrics"] and math.isnan(row["metrics"][name]["value"]):
+        text = "no headroom"
+    else:
+        text = cell(row, name)
+    borrowed = from_control and text != "–" and row.get("controls_from", row["head"]) != row["head"]
+    return text + " †" if borrowed else text
+
+
+def has_controls(rows: list[dict]) -> bool:
+    """Whether any row has a trained control model or a look control (the looking table has something to say)."""
+    return any(name in r["metrics"] for r in rows for _, name, _ in LOOK_COLUMNS[1:6])
+
+
+def look_table(rows: list[dict]) -> str:
+    """Does looking pay, and how much of what a perfect look buys do the learned looks get?"""
+    columns = [c for c in LOOK_COLUMNS if any(c[1] in r["metrics"] for r in rows)]
+    head = ["Head", *(c[0] for c in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([f"**{r['head']}**", *(look_cell(r, n, b) for _, n, b in columns)]) + " |")
+    notes = [
+        "**Does looking pay?** Held-out, steered frames t>=2 (the only ones predicted after an LLM-chosen look); "
+        "each ratio = the model's coarse loss / the loss with that look (> 1: better than the static look). Oracle-"
+        "look model: trained and evaluated with every fine read forced onto the target (the ceiling); oracle look at "
+        "eval: this model read that way; shuffled: its fine pass read with another clip's queries (the floor of "
+        "looking); prev-only: a model whose head gets a constant instead of h (the previous frame alone). Gain "
+        "captured = (L_coarse - L_fine) / (L_coarse - L_oracle), shown where the oracle's gain is clearly > 0."
+    ]
+    if any(r.get("controls_from", r["head"]) != r["head"] for r in rows):
+        notes.append(
+            f"† the reference head's ({rows[0]['head']}) control models, against its own coarse path; the gain "
+            "captured is this head's gain over the reference's headroom."
+        )
+    return " ".join(notes) + "\n\n" + "\n".join(lines)
+
+
 def tables(rows: list[dict]) -> str:
     """The held-out ratio table, the controls table and (where there is ground truth) the attention table; a table
     none of whose metrics exist (e.g. controls without a recon loss) is left out."""
@@ -136,16 +195,22 @@ def tables(rows: list[dict]) -> str:
     layers = lambda r: " / ".join(f"{100 * v:.0f}" for v in r["attention_layers"].get("fine", [])) or "–"  # noqa: E731
     info = [("Seeds", lambda r: str(r["seeds"])), ("Steps", lambda r: str(r["steps"])),
             ("Head params", lambda r: _fmt_params(r["params"]))]  # fmt: skip
-    parts = [
+    parts = []
+    if has(REGION_COLUMNS):
+        parts.append(
+            "**On the target's region** (held-out MSE over the target grid cells the target covers, steered frames): "
+            "where looking should pay.\n\n" + markdown_table(rows, REGION_COLUMNS)
+        )
+    parts += [
         "**Does looking where the model chose help?** ratio = loss_coarse / loss_fine on held-out clips (> 1: fine "
         "beats coarse).\n\n" + markdown_table(rows, RATIO_COLUMNS, info)
     ]
     if has(CONTROL_COLUMNS):
         parts.append(
-            "**Controls** (held-out recon MSE, frames 1..T-1; caption CE per token). h=0 / h of another clip: the "
-            "trained head fed zeros or another held-out clip's states instead of its own h; other clip's video: each "
-            "caption scored after another clip's frames. A difference near 0 means the loss ignores the video, and "
-            "no ratio can be read.\n\n" + markdown_table(rows, CONTROL_COLUMNS)
+            "**Controls** (held-out recon MSE, steered frames t>=2; caption CE per token). h=0 / h of another clip: "
+            "the trained head fed zeros or another held-out clip's states instead of its own h; other clip's video: "
+            "each caption scored after another clip's frames. A difference near 0 means the loss ignores the video, "
+            "and no ratio can be read.\n\n" + markdown_table(rows, CONTROL_COLUMNS)
         )
     if has(ATTENTION_COLUMNS):
         parts.append(
@@ -182,13 +247,14 @@ def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
         f"{interval_note(rows)}\n\n"
     )
     header += target_header(rows[0])
-    (out / "summary.md").write_text(header + table(rows) + "\n\n" + tables(rows) + "\n")
+    looking = look_table(rows) + "\n\n" if has_controls(rows) else ""  # the question first, where it can be read
+    (out / "summary.md").write_text(header + looking + table(rows) + "\n\n" + tables(rows) + "\n")
     plot_comparison(rows, out / "comparison.png")
 
 
-# the prediction's MSE and cosine beside the ratios (frames 1..T-1), and the copy-last control row
+# the prediction's MSE and cosine beside the ratios (steered frames t>=2), and the copy-last control row
 
-TARGET_COLUMNS = ["Held-out MSE fine (t>=1)", "Held-out cos fine (t>=1)", "Copy MSE / MSE fine"]
+TARGET_COLUMNS = ["Held-out MSE fine (t>=2)", "Held-out cos fine (t>=2)", "Copy MSE / MSE fine"]
 
 
 def copy_last_line(rows: list[dict], num_cols: int) -> str:
@@ -218,8 +284,9 @@ def target_header(r: dict) -> str:
         spacing.append(f"synthetic, objects move {gap['motion']:.3g} frame sides per gap")
     return (
         f"Target: {r.get('target')} ({', '.join(details)}), loss {r.get('target_loss', 'mse')}. Gap between frames: "
-        f"{', '.join(x for x in spacing if x) or 'n/a'}. MSE and cosine on frames 1..T-1 (frame 0 has no previous "
-        "frame); Copy MSE / MSE fine > 1: the head beats copying the previous frame's target (95% interval).\n\n"
+        f"{', '.join(x for x in spacing if x) or 'n/a'}. MSE and cosine on the steered frames t>=2 (the only ones "
+        "predicted after an LLM-chosen look); Copy MSE / MSE fine > 1: the head beats copying the previous frame's "
+        "target (95% interval).\n\n"
     )
 
 
@@ -228,9 +295,9 @@ def plot_comparison(rows: list[dict], path: Path) -> None:
     labels = [f"{r['head']}\n{r['objective']}" for r in rows]
     x = np.arange(len(rows))
     fig, (ax_bar, ax_curve) = subplots(1, 2, figsize=(11, 4))
-    bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out (95% CI)")]
+    bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out, steered frames (95% CI)")]
     if kind == "recon":
-        bars.append(("recon_ratio_after_first", "held-out, frames 1..T-1"))
+        bars.append(("recon_ratio_all_frames", "held-out, all frames"))
     width, seen = 0.8 / len(bars), [1.0]
     for i, (name, label) in enumerate(bars):
         vals = np.array([r["metrics"].get(name, {}).get("value", NAN) for r in rows])

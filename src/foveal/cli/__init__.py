@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from foveal import __version__, log
+from foveal.analysis.compare import CONTROL_CHOICES
 from foveal.cli.commands import (
     add_config_args,
     cmd_bench,
@@ -46,7 +47,15 @@ def add_compare(sub) -> None:
     p.add_argument("--heads", default=None, help=f"comma-separated (default all: {','.join(HEADS)})")
     p.add_argument("--out", default="runs/compare", help="output folder")
     p.add_argument("--seeds", type=at_least_1, default=1, help="train each head N times (seed, seed+1, ...)")
-    p.add_argument("--controls", action="store_true", help="also train a coarse-only model per head (fair baseline)")
+    p.add_argument(
+        "--controls",
+        nargs="?",
+        const="all",
+        default="reference",
+        choices=CONTROL_CHOICES,
+        help="control models: reference (default: an oracle-look and a prev-only model for the first head), all "
+        "(--controls alone: a coarse-only, an oracle and a prev-only model for every head), none",
+    )
     p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the tables from --out")
     p.add_argument(
         "--resume",

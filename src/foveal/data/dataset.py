@@ -27,7 +27,12 @@ class SyntheticClips(Dataset):
         self.data, self.count, self.offset = data, count, offset
         self.size = data.synthetic.render_size or frame_size
         self.frame_size = frame_size
-        spec = json.dumps(asdict(data.synthetic), sort_keys=True)
+        spec = asdict(data.synthetic)
+        new_knobs = (("target_colours", 1), ("distractor_flicker", False), ("target_flicker", False), ("lamp", 0.0))
+        for key, default in new_knobs:  # keys of older clips stay valid
+            if spec[key] == default:
+                del spec[key]
+        spec = json.dumps(spec, sort_keys=True)
         self._key = f"synthetic|{spec}|{self.size}|{frame_size}|{data.num_frames}|{data.seed}"
         if data.frame_gap != 1:  # appended only when set, so latents cached before the option stay valid
             self._key += f"|gap={data.frame_gap}"
@@ -62,6 +67,13 @@ class SyntheticClips(Dataset):
         if self.size != self.frame_size:
             frames = resize_frames(frames, self.frame_size, "squash")
         return {"frames": frames, "caption": clip.caption, "key": f"{self._key}|{self.offset + i}", "index": i}
+
+
+def target_looks(dataset, index, patch: int) -> torch.Tensor | None:
+    """The target's patches [B, T, G*G] of clips `index` of a dataset with ground truth (synthetic), else None."""
+    if not hasattr(dataset, "target_patches"):
+        return None
+    return torch.stack([dataset.target_patches(int(i), patch) for i in index])
 
 
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:

@@ -74,11 +74,15 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
         ranges[0] = tuple(spec.target_size_range)
         sides[0] = rng.uniform(*ranges[0]) * size
     speeds = [spec.speed] + [spec.speed if spec.other_speed is None else spec.other_speed] * (k - 1)
+    palette = _palettes(rng, spec, colours, num_frames)  # [K, T] colour names; drawn last, as the size above
 
     t = gap * np.arange(num_frames, dtype=np.float64)[:, None, None]  # [T, 1, 1] render steps
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)[:, None] + 0.5  # [1, H, W] each
     frames = _background(rng, size, spec.textured_background)
     frames = np.broadcast_to(frames, (num_frames, size, size, 3)).copy()
+    if spec.lamp:  # the target lights the room: frame t's background takes its colour of frame t-1
+        lit = np.array([COLOURS[c] for c in palette[0][:-1]], dtype=np.float64)  # [T-1, 3]
+        frames[1:] = np.round((1 - spec.lamp) * frames[1:] + spec.lamp * lit[:, None, None]).astype(np.uint8)
     boxes = np.zeros((num_frames, k, 4))
     masks = np.zeros((num_frames, k, size, size), dtype=bool)
     bounced = np.zeros(k, dtype=bool)
@@ -91,7 +95,8 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
         cy, sy = _bounce(path[:, 1], r, size - r)
         bounced[j] = bool((np.diff(sx) != 0).any() or (np.diff(sy) != 0).any())
         mask = _shape_mask(shapes[j], xx, yy, cx[:, None, None], cy[:, None, None], r)  # [T, H, W]
-        frames[mask] = COLOURS[colours[j]]
+        rgb = np.array([COLOURS[c] for c in palette[j]], dtype=np.uint8)  # [T, 3]
+        frames[mask] = np.broadcast_to(rgb[:, None, None], frames.shape)[mask]
         masks[:, list(order[:n])] &= ~mask[:, None]  # occluded pixels belong to the object in front
         masks[:, j] = mask
         boxes[:, j] = np.stack([cx - r, cy - r, cx + r, cy + r], axis=1)
@@ -99,13 +104,33 @@ def render_clip(spec: SynthSpec, size: int, num_frames: int, seed: int, index: i
     def describe(j: int) -> str:
         direction = DIRECTIONS[int(np.round((angles[j] % (2 * np.pi)) / (np.pi / 4))) % 8]
         size_word = SIZES[int(sides[j] / size > sum(ranges[j]) / 2)]  # relative to the range it was drawn from
-        text = f"{size_word} {colours[j]} {shapes[j]}"
+        names = " and ".join(dict.fromkeys(palette[j])) if j == 0 else colours[j]  # the target's colours, in order
+        names = palette[j][0] if j == 0 and spec.target_flicker else names  # flickering: its first colour
+        text = f"{size_word} {names} {shapes[j]}"
         if speeds[j] == 0:  # a still object: no motion words
             return text
         return text + f" moves {direction}" + (" and bounces" if bounced[j] else "")
 
     caption = " . ".join(("the " if j == 0 else "a ") + describe(j) for j in range(spec.num_objects)) + " ."
     return SynthClip(frames, caption, boxes, masks, target=0, named=spec.num_objects)
+
+
+def _palettes(rng: np.random.Generator, spec: SynthSpec, colours: np.ndarray, num_frames: int) -> np.ndarray:
+    """Each object's colour in each frame [K, T]: its own colour throughout, except that the target cycles through
+    spec.target_colours colours (its own first, then ones no object has while the palette lasts) and flickering
+    distractors draw a fresh colour every frame."""
+    k = len(colours)
+    out = np.repeat(np.asarray(colours)[:, None], num_frames, axis=1).astype(object)
+    if spec.target_colours > 1:
+        free = [c for c in COLOURS if c not in set(colours)] or [c for c in COLOURS if c != colours[0]]
+        n = spec.target_colours - 1
+        cycle = [colours[0], *rng.choice(free, size=n, replace=len(free) < n)]
+        out[0] = [cycle[t % len(cycle)] for t in range(num_frames)]
+    if spec.target_flicker:
+        out[0] = rng.choice(list(COLOURS), size=num_frames)
+    if spec.distractor_flicker and k > spec.num_objects:
+        out[spec.num_objects :] = rng.choice(list(COLOURS), size=(k - spec.num_objects, num_frames))
+    return out
 
 
 def _background(rng: np.random.Generator, size: int, textured: bool) -> np.ndarray:

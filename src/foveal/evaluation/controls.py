@@ -10,8 +10,13 @@ the last clip's h, for "another clip's h"). Adding a control = one function + `@
   video_other (caption) each caption scored after another clip's frames: if its loss does not rise, the caption
               ignores the video and a caption ratio says nothing about where the model looked;
   attention   the entropy of each query's attention (1 = uniform: the query cannot look anywhere) and, where the
-              dataset has ground truth (synthetic), the mass each query puts on the target's patches.
-The coarse-only control is a separately trained model (train.fine_iterations=0); compare pairs it with these arrays.
+              dataset has ground truth (synthetic), the mass each query puts on the target's patches;
+  oracle_look (ground truth) the trained model's fine pass read with attention forced onto the target's patches:
+              does the model know what to do with a perfect look?
+  shuffled_look  the fine pass read with the queries the model emitted for another clip: the floor of looking;
+  target_region  (ground truth, recon) each path's MSE over the target grid cells the target covers.
+The coarse-only, oracle-look (model.look=oracle) and prev-only (model.prev_only) controls are separately trained
+models; compare pairs them with these arrays.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from foveal.model.foveated import Batch, FoveatedVLM, Output
-from foveal.objectives import Objective, Scores, score
+from foveal.model.encoder import PatchCache, look_mask
+from foveal.model.foveated import Batch, FoveatedVLM, Output, Pass
+from foveal.objectives import Objective, Scores, score, score_passes
 
 
 @dataclass
@@ -38,6 +45,25 @@ class Evaluated:
     fine_iterations: int
     on_target: torch.Tensor | None  # [B, T, G*G] the target's patches, where the dataset has ground truth
     state: dict = field(default_factory=dict)  # carried from batch to batch, one entry per control
+    cache: PatchCache | None = None  # the batch's encoded frames (controls that re-read them)
+
+    @property
+    def learned_fine(self) -> bool:  # a fine pass steered by the LLM's own queries
+        return bool(self.out.fine) and self.model.options.look == "learned"
+
+    def rescore(self, name: str, p: Pass) -> dict[str, torch.Tensor]:
+        """A control's pass `p` through the head / caption reader, scored like a path called `name`."""
+        model, t = self.model, self.batch.frames.shape[1]
+        if self.objective.recon:
+            model.predict([p], self.out.targets, t)
+        if self.objective.caption and self.batch.caption_ids is not None:
+            model.caption_logits([p], t)
+        (s,) = score_passes(model, [p], self.out.targets, self.batch, self.objective.kinds)
+        out = {f"recon_{name}": s.recon} if s.recon is not None else {}
+        out |= {f"caption_{name}": s.caption_per_clip} if s.caption_sum is not None else {}
+        if s.recon is not None and self.on_target is not None:
+            out[f"region_{name}"] = region_mse(p.pred, self.out.targets, self.on_target)
+        return out
 
 
 CONTROLS: dict[str, Callable[[Evaluated], dict[str, torch.Tensor]]] = {}
@@ -123,3 +149,47 @@ def attention(ev: Evaluated) -> dict[str, torch.Tensor]:
         if ev.on_target is not None:
             out[f"attention_{name}"] = target_mass(p.attention.weights, ev.on_target)
     return out
+
+
+def region_mse(pred: torch.Tensor, targets: torch.Tensor, on_target: torch.Tensor) -> torch.Tensor:
+    """pred, targets [B, T, C, S, S], on_target [B, T, G*G] -> [B, T]: the MSE over the target grid's cells the
+    target covers (the patch grid resized to the target grid, nearest); NaN where it covers none."""
+    b, t, _, side, _ = targets.shape
+    g = math.isqrt(on_target.shape[-1])
+    mask = F.interpolate(on_target.float().view(b * t, 1, g, g), size=(side, side), mode="nearest").view(b, t, -1)
+    err = (pred.float() - targets.float()).pow(2).mean(2).flatten(2)  # [B, T, S*S]
+    cells = mask.sum(-1)
+    return torch.where(cells > 0, (err * mask).sum(-1) / cells.clamp_min(1), torch.nan)
+
+
+@control("target_region")
+def target_region(ev: Evaluated) -> dict[str, torch.Tensor]:
+    if ev.on_target is None or not ev.objective.recon or ev.out.targets is None:
+        return {}
+    return {f"region_{name}": region_mse(p.pred, ev.out.targets, ev.on_target) for name, p in passes(ev).items()}
+
+
+@control("oracle_look")
+def oracle_look(ev: Evaluated) -> dict[str, torch.Tensor]:
+    """The trained model's own fine pass, every fine read at the target (look_mask in every encoder layer)."""
+    if ev.on_target is None or not ev.learned_fine:
+        return {}
+    b, t = ev.batch.frames.shape[:2]
+    text = ev.batch if ev.objective.caption else None
+    bias = look_mask(ev.on_target)
+    p = ev.model.coarse_to_fine(ev.cache, b, t, ev.fine_iterations, text, fine_bias=bias)[-1]
+    return ev.rescore("oracle_eval", p)
+
+
+@control("shuffled_look")
+def shuffled_look(ev: Evaluated) -> dict[str, torch.Tensor]:
+    """The final fine pass re-read with the queries emitted for the previous clip (the batch rolled by one clip,
+    as for h_other): the same frames, the same weights, someone else's looks."""
+    if not ev.learned_fine:
+        return {}
+    queries = ev.out.fine[-1].queries  # [B, T, Q]
+    first = ev.state.get("queries", queries[-1:])
+    ev.state["queries"] = queries[-1:]
+    text = ev.batch if ev.objective.caption else None
+    p = ev.model.read_pass(torch.cat([first, queries[:-1]]), ev.cache, fine=True, text=text)
+    return ev.rescore("shuffled", p)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from foveal.data.dataset import target_looks
 from foveal.data.frames import encoder_input
 from foveal.evaluation.controls import CONTROLS, Evaluated
+from foveal.model.encoder import look_mask
 from foveal.model.foveated import Batch, FoveatedVLM
 from foveal.objectives import Objective, score, score_passes
 
@@ -51,25 +53,25 @@ def evaluate(
     coarse-only model), autoregressive when asked.
       recon_<path> [N, T], mse_<path>, cosine_<path> [N, T], caption_<path> [N] (mean token CE)
       and every control's arrays (controls.py), e.g. recon_copy_last [N, T-1], recon_<path>_h_zero [N, T]
+    A model built with model.look=oracle reads its fine pass at the target here too (the dataset's ground truth).
     """
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    ground_truth = hasattr(dataset, "target_patches")
     out: dict[str, list] = {}
     state: dict = {}
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
         batch = make_batch(collator([dataset[i] for i in idx]), device, objective.caption)
-        on_target = None
-        if ground_truth:
-            patch = model.encoder.patch_size
-            on_target = torch.stack([dataset.target_patches(i, patch) for i in idx]).to(device)  # [B, T, G*G]
+        on_target = target_looks(dataset, idx, model.encoder.patch_size)  # [B, T, G*G] where there is ground truth
+        on_target = None if on_target is None else on_target.to(device)
         with autocast or torch.autocast(device.type, enabled=False):
-            res = model(batch, objective.recon, objective.caption, fine_iterations, return_attention=True)
+            cache = model.encode(batch.frames)
+            bias = look_mask(on_target) if model.options.look == "oracle" else None  # a ceiling model's own look
+            res = model(batch, objective.recon, objective.caption, fine_iterations, cache, True, fine_bias=bias)
             coarse, fine = score(model, res, batch, objective.kinds)
             paths = {"coarse": coarse} | ({"fine": fine[-1]} if fine else {})
-            ev = Evaluated(model, objective, batch, res, paths, fine_iterations, on_target, state)
+            ev = Evaluated(model, objective, batch, res, paths, fine_iterations, on_target, state, cache)
             arrays = {k: v for name, s in paths.items() for k, v in path_arrays(name, s).items()}
             for fn in CONTROLS.values():
                 arrays |= fn(ev)

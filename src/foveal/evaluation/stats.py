@@ -89,6 +89,31 @@ def diff_estimate(a, b, seed: int = 0) -> Estimate:
     return Estimate(value, lo, hi, "clips", len(a))
 
 
+def gain_captured(
+    coarse, fine, oracle, oracle_coarse=None, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> Estimate:
+    """(L_coarse - L_fine) / (L_coarse' - L_oracle) over clips (means of each), with a paired BCa interval: the
+    share of the gain a perfect look buys that the learned looks realise (1: all of it, 0: none, < 0: worse than
+    the static look). L_coarse' = oracle_coarse where the oracle's gain is another model's (the reference head's
+    headroom), else L_coarse. Only meaningful where that gain is clearly > 0 (see `oracle_headroom`)."""
+    c, f, o = (np.asarray(x, np.float64) for x in (coarse, fine, oracle))
+    r = c if oracle_coarse is None else np.asarray(oracle_coarse, np.float64)
+
+    def stat(c, f, o, r, axis=-1):
+        return (c.mean(axis) - f.mean(axis)) / (r.mean(axis) - o.mean(axis))
+
+    value = float(stat(c, f, o, r))
+    if len(c) < 2:
+        return Estimate(value, NAN, NAN, "clips", len(c))
+    lo, hi = _bootstrap((c, f, o, r), stat, n_boot, seed, level)
+    return Estimate(value, lo, hi, "clips", len(c))
+
+
+def oracle_headroom(coarse, oracle, seed: int = 0) -> bool:
+    """True where the oracle's gain over the static look, mean(coarse - oracle), has a 95% interval above 0."""
+    return diff_estimate(coarse, oracle, seed).low > 0
+
+
 def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t interval of independent values (e.g. one final ratio per seed)."""
     v = np.asarray(values, np.float64)

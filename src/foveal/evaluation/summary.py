@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 
 from foveal.evaluation.stats import Estimate, paired_bootstrap_diff, paired_bootstrap_ratio
+from foveal.model.foveated import FIRST_STEERED
 
 
 def _ci(fn, a, b, seed):
@@ -15,44 +16,62 @@ def _ci(fn, a, b, seed):
     return Estimate(value, lo, hi, "clips", len(a)).as_dict()
 
 
+def steered(x: np.ndarray) -> np.ndarray:
+    """[N, T] per-frame values -> [N]: the mean over the steered frames t >= FIRST_STEERED, the only frames whose
+    prediction comes from a state that saw an LLM-chosen look."""
+    return x[:, FIRST_STEERED:].mean(1)
+
+
+def per_frame_ratios(coarse: np.ndarray, fine: np.ndarray, seed: int) -> list[list[float]]:
+    """[value, lo, hi] of the coarse / fine ratio at each frame t (paired bootstrap over clips)."""
+    return [list(paired_bootstrap_ratio(coarse[:, t], fine[:, t], seed=seed)) for t in range(coarse.shape[1])]
+
+
+def recon_summary(arrays: dict[str, np.ndarray], s: dict, seed: int) -> None:
+    """The per-frame recon numbers: the headline over the steered frames, all frames as a secondary figure, the
+    ratio per frame, and each path's MSE / cosine."""
+    coarse, fine = arrays["recon_coarse"], arrays.get("recon_fine")
+    s["steered_from"] = FIRST_STEERED
+    s["per_frame_coarse"] = coarse.mean(0).tolist()
+    if fine is not None:
+        s["per_frame_fine"] = fine.mean(0).tolist()
+        s["per_frame_ratio"] = per_frame_ratios(coarse, fine, seed)
+        r, lo, hi = paired_bootstrap_ratio(coarse.mean(1), fine.mean(1), seed=seed)
+        s["ratio_all_frames"], s["ratio_all_frames_ci"] = r, [lo, hi]
+    for (metric, short), path in itertools.product((("mse", "mse"), ("cosine", "cos")), ("coarse", "fine")):
+        if f"{metric}_{path}" in arrays:
+            values = arrays[f"{metric}_{path}"]  # [N, T]
+            s[f"{short}_{path}"] = float(values.mean())
+            s[f"{short}_{path}_steered"] = float(steered(values).mean())  # comparable with copy-last on t>=2
+
+
 def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
     """Held-out ratios with paired-bootstrap 95% CIs, share of clips where fine beats coarse, per-frame means, the
-    controls and the target attention mass. Frame 0 is predicted from the learned blank and dominates the MSE, so
-    the controls are over frames 1..T-1 (copy-last has no frame 0 anyway)."""
+    controls and the target attention mass. Recon numbers are over the steered frames t >= 2 (frame 0 is predicted
+    from the learned blank, frame 1 from a state that saw only statically read frames); all frames stay as
+    ratio_all_frames."""
     summary: dict = {"clips": int(len(next(iter(arrays.values())))) if arrays else 0}
     for kind in ("recon", "caption"):
         coarse, fine = arrays.get(f"{kind}_coarse"), arrays.get(f"{kind}_fine")
         if coarse is None:
             continue
-        per_clip_c = coarse.mean(1) if coarse.ndim == 2 else coarse
-        s = {"loss_coarse": float(per_clip_c.mean())}
-        if coarse.ndim == 2:
-            s["per_frame_coarse"] = coarse.mean(0).tolist()
+        per_clip = (lambda x: steered(x)) if coarse.ndim == 2 else (lambda x: x)  # noqa: E731
+        s = {"loss_coarse": float(per_clip(coarse).mean())}
         if fine is not None:
-            per_clip_f = fine.mean(1) if fine.ndim == 2 else fine
-            ratio, lo, hi = paired_bootstrap_ratio(per_clip_c, per_clip_f, seed=seed)
+            ratio, lo, hi = paired_bootstrap_ratio(per_clip(coarse), per_clip(fine), seed=seed)
             s |= {
-                "loss_fine": float(per_clip_f.mean()),
+                "loss_fine": float(per_clip(fine).mean()),
                 "ratio": ratio,
                 "ratio_ci": [lo, hi],
-                "fine_better_share": float((per_clip_f < per_clip_c).mean()),
+                "fine_better_share": float((per_clip(fine) < per_clip(coarse)).mean()),
             }
-            if coarse.ndim == 2:  # frame 0 is predicted from the learned blank and dominates the MSE
-                s["per_frame_fine"] = fine.mean(0).tolist()
-                r1, lo1, hi1 = paired_bootstrap_ratio(coarse[:, 1:].mean(1), fine[:, 1:].mean(1), seed=seed)
-                s["ratio_after_first"], s["ratio_after_first_ci"] = r1, [lo1, hi1]
-                s["fine_better_share_after_first"] = float((fine[:, 1:].mean(1) < coarse[:, 1:].mean(1)).mean())
             ar = arrays.get(f"{kind}_autoregressive")
             if ar is not None:
-                per_clip_a = ar.mean(1) if ar.ndim == 2 else ar
-                s["loss_autoregressive"] = float(per_clip_a.mean())
-                s["train_inference_gap"] = float(per_clip_a.mean() / per_clip_f.mean() - 1)  # AR vs coarse->fine
-        if kind == "recon":  # whatever the loss: the prediction's MSE and cosine
-            for (metric, short), path in itertools.product((("mse", "mse"), ("cosine", "cos")), ("coarse", "fine")):
-                if f"{metric}_{path}" in arrays:
-                    values = arrays[f"{metric}_{path}"]  # [N, T]
-                    s[f"{short}_{path}"] = float(values.mean())
-                    s[f"{short}_{path}_after_first"] = float(values[:, 1:].mean())  # comparable with copy-last
+                s["loss_autoregressive"] = float(per_clip(ar).mean())
+                s["train_inference_gap"] = float(per_clip(ar).mean() / per_clip(fine).mean() - 1)  # AR vs c->f
+        if kind == "recon":
+            recon_summary(arrays, s, seed)
+        s |= look_controls(arrays, kind, per_clip, seed)
         summary[kind] = s
     if "recon_copy_last" in arrays:
         summary["controls"] = controls(arrays, seed)
@@ -67,10 +86,31 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
     return summary
 
 
+def look_controls(arrays: dict[str, np.ndarray], kind: str, per_clip, seed: int) -> dict:
+    """The same model with other looks: coarse / loss with the oracle look at evaluation and with another clip's
+    queries (shuffled), steered frames; and, with ground truth, each path's MSE on the target's region."""
+    out = {}
+    coarse = per_clip(arrays[f"{kind}_coarse"])
+    for look in ("oracle_eval", "shuffled"):
+        if f"{kind}_{look}" in arrays:
+            other = per_clip(arrays[f"{kind}_{look}"])
+            out[f"loss_{look}"] = float(other.mean())
+            out[f"ratio_{look}"] = _ci(paired_bootstrap_ratio, coarse, other, seed)
+    if kind == "recon":
+        region = {p: float(np.nanmean(arrays[f"region_{p}"][:, FIRST_STEERED:])) for p in REGION_PATHS
+                  if f"region_{p}" in arrays}  # fmt: skip
+        if region:
+            out["region_mse"] = region
+    return out
+
+
+REGION_PATHS = ("coarse", "fine", "oracle_eval", "shuffled")
+
+
 def controls(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
-    """Frames 1..T-1, per clip: copy-last and h-ablation losses against each path's own loss."""
-    after = lambda key: arrays[key][:, 1:].mean(1)  # noqa: E731  [N]
-    copy_last = arrays["recon_copy_last"].mean(1)
+    """Steered frames, per clip: copy-last and h-ablation losses against each path's own loss."""
+    after = lambda key: steered(arrays[key])  # noqa: E731  [N]
+    copy_last = arrays["recon_copy_last"][:, FIRST_STEERED - 1 :].mean(1)  # copy-last starts at frame 1
     c = {"copy_last": float(copy_last.mean())}
     for path in ("coarse", "fine"):
         if f"recon_{path}" not in arrays:
@@ -106,19 +146,20 @@ def attention_summary(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
 
 
 def summarize_copy_last(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
-    """Copy-last's held-out means, and copy MSE / head MSE on frames 1..T-1 (> 1: the head beats copying) with a
-    paired-bootstrap CI over clips, for the coarse and fine paths."""
-    copy = {k: arrays[f"copy_last_{k}"] for k in ("loss", "mse", "cosine")}  # [N, T-1] each
+    """Copy-last's held-out means, and copy MSE / head MSE on the steered frames (> 1: the head beats copying) with
+    a paired-bootstrap CI over clips, for the coarse and fine paths."""
+    per_frame = [None, *arrays["copy_last_mse"].mean(0).tolist()]  # frame 0 has no previous frame
+    copy = {k: arrays[f"copy_last_{k}"][:, FIRST_STEERED - 1 :] for k in ("loss", "mse", "cosine")}  # steered
     s = {
         "clips": int(len(copy["mse"])),
         "loss": float(copy["loss"].mean()),
         "mse": float(copy["mse"].mean()),
         "cos": float(copy["cosine"].mean()),
-        "per_frame_mse": [None, *copy["mse"].mean(0).tolist()],  # frame 0 has no previous frame
+        "per_frame_mse": per_frame,
     }
     for path in ("coarse", "fine"):
         head = arrays.get(f"mse_{path}")
         if head is not None:
-            r, lo, hi = paired_bootstrap_ratio(copy["mse"].mean(1), head[:, 1:].mean(1), seed=seed)
+            r, lo, hi = paired_bootstrap_ratio(copy["mse"].mean(1), steered(head), seed=seed)
             s[f"mse_copy_over_{path}"], s[f"mse_copy_over_{path}_ci"] = r, [lo, hi]
     return s

@@ -5,7 +5,7 @@ from __future__ import annotations
 from foveal.config import RunConfig
 from foveal.model.backbones import build_dino, build_llm, build_tokenizer, seeded
 from foveal.model.encoder import FoveatedEncoder
-from foveal.model.foveated import FoveatedVLM
+from foveal.model.foveated import FoveatedVLM, HeadOptions
 from foveal.model.heads import build_head
 from foveal.model.targets import TARGETS
 
@@ -26,7 +26,12 @@ def build_model(cfg: RunConfig) -> tuple[FoveatedVLM, object]:
         head = build_head(m.head, llm.config.hidden_size, target.shape[0], target.shape[1])
     with seeded(seed, "connector"):
         encoder = FoveatedEncoder(dino, m.query_dim, deep=m.deep_query)
-        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale)
+        options = HeadOptions(m.look, m.prev_only, m.predict, m.prev_noise, m.prev_drop)
+        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale, options)
     dino.requires_grad_(not m.dino.freeze)
     llm.requires_grad_(not m.llm.freeze)
+    if m.prev_only:  # the floor control's loss reaches only the head, the blank and the constant h: train just those
+        model.requires_grad_(False)
+        for part in (model.head, model.z_init, model.h_constant):
+            part.requires_grad_(True)
     return model, tokenizer

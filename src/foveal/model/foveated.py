@@ -22,6 +22,12 @@ from foveal.model.encoder import Attention, FoveatedEncoder, PatchCache
 from foveal.model.heads import Head
 from foveal.model.targets import Target
 
+# With one or more fine iterations, frame 0's prediction comes from the mode token's state and frame 1's from the
+# state after z_0, which every pass reads with a learned static query (q_static / q_init): only frames t >= 2 are
+# predicted from states that saw an LLM-chosen look (frame 1 is the first one read with an LLM query). Held-out
+# recon numbers are over these steered frames (tests/test_steered.py checks the claim).
+FIRST_STEERED = 2
+
 
 @dataclass
 class Pass:
@@ -47,6 +53,17 @@ class Output:
 
 
 @dataclass
+class HeadOptions:
+    """How the head is fed and what it outputs (model.look, prev_only, predict, prev_noise, prev_drop)."""
+
+    look: str = "learned"  # oracle: the fine pass reads at the ground-truth target (the caller passes fine_bias)
+    prev_only: bool = False  # h replaced by a learned constant: the loss from the previous frame alone
+    predict: str = "frame"  # delta: the head's output is the change, added to the previous frame
+    prev_noise: float = 0.0  # training only: noise std on prev, in units of the batch's target std
+    prev_drop: float = 0.0  # training only: share of frames whose prev is the learned blank
+
+
+@dataclass
 class Batch:
     frames: torch.Tensor  # [B, T, 3, H, W] ImageNet-normalised
     targets: torch.Tensor | None = None  # [B, T, C, S, S]; None: the model's target makes them
@@ -65,9 +82,11 @@ class FoveatedVLM(nn.Module):
         target: Target,
         query_dim: int,
         visual_scale: float | None = None,
+        options: HeadOptions | None = None,
     ):
         super().__init__()
         self.encoder, self.llm, self.head, self.target = encoder, llm, head, target
+        self.options = options or HeadOptions()
         hidden = llm.config.hidden_size
         self.target_shape = tuple(target.shape)  # (C, S, S)
         if visual_scale is None:  # match the LLM's own token scale (SmolLM2: ~0.14)
@@ -81,6 +100,8 @@ class FoveatedVLM(nn.Module):
         self.fine_token = nn.Parameter(torch.randn(1, 1, hidden) * visual_scale)
         self.video_end = nn.Parameter(torch.randn(1, 1, hidden) * visual_scale)
         self.z_init = nn.Parameter(torch.zeros(1, *self.target_shape))  # learned blank "previous frame" for frame 0
+        if self.options.prev_only:  # the floor control: one learned state for every clip and frame
+            self.h_constant = nn.Parameter(torch.zeros(1, 1, hidden))
 
     # -----------------------------------------------------------------------------------------------------------------
     # building blocks
@@ -134,7 +155,17 @@ class FoveatedVLM(nn.Module):
     def predict_next(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """h [B, T, H] (states at mode, z_0..z_{T-2}), targets [B, T, C, S, S] -> predictions [B, T, C, S, S].
         The held-out h-ablation calls it with h replaced and nothing else changed."""
-        return self.head(h, self.previous(targets))
+        o, prev = self.options, self.previous(targets)  # [B, T, C, S, S]
+        if o.prev_only:
+            h = self.h_constant.expand_as(h)
+        seen = prev
+        if self.training and o.prev_noise > 0:  # the reference's untried idea: make the head rely on h
+            seen = seen + o.prev_noise * targets.float().std() * torch.randn_like(seen)
+        if self.training and o.prev_drop > 0:
+            dropped = torch.rand(prev.shape[:2], device=prev.device) < o.prev_drop  # [B, T]
+            seen = torch.where(dropped[:, :, None, None, None], self.z_init.expand_as(prev), seen)
+        pred = self.head(h, seen)
+        return pred + prev if o.predict == "delta" else pred
 
     def predict(self, passes: list[Pass], targets: torch.Tensor, num_frames: int) -> None:
         """Fill in each pass's predictions; all passes go through the head in one call."""
@@ -169,14 +200,22 @@ class FoveatedVLM(nn.Module):
         queries = self.q_static.expand(b, t, -1)  # [B, T, Q]
         passes = []
         for i in range(iterations + 1):
-            tokens, attention = self.read(queries, cache, return_attention, None if i == 0 else fine_bias)
-            p = Pass(queries, tokens, attention=attention)
+            last = i == iterations and not final_llm
+            p = self.read_pass(queries, cache, i > 0, text, return_attention, None if i == 0 else fine_bias, not last)
             passes.append(p)
-            if i == iterations and not final_llm:
+            if last:
                 break
-            p.hidden = self.run_llm(self.coarse_token if i == 0 else self.fine_token, tokens, text)
             queries = self.shift(self.llm_to_query(p.hidden[:, 1 : 1 + t]))  # frame t's from frames < t
         return passes
+
+    def read_pass(self, queries, cache, fine: bool, text=None, return_attention=False, bias=None, llm=True) -> Pass:
+        """One pass with the given queries [B, T, Q]: read the frames, then (llm) run the LLM after the pass's mode
+        token. The shuffled-look control calls it with another clip's queries."""
+        tokens, attention = self.read(queries, cache, return_attention, bias)
+        p = Pass(queries, tokens, attention=attention)
+        if llm:
+            p.hidden = self.run_llm(self.fine_token if fine else self.coarse_token, tokens, text)
+        return p
 
     def forward(
         self,

@@ -21,12 +21,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from foveal.config import RunConfig
-from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch
+from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch, target_looks
 from foveal.data.loader import micro_batches
 from foveal.evaluation.evaluate import evaluate, make_batch
 from foveal.evaluation.summary import summarize
 from foveal.log import progress
 from foveal.model.build import build_model
+from foveal.model.encoder import look_mask
 from foveal.objectives import Objective, Scores, build_objective, score
 from foveal.train import distributed
 from foveal.train.checkpoint import (
@@ -197,8 +198,17 @@ def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Te
     batch = make_batch(raw, run.dist.device, objective.caption)
     with contextlib.nullcontext() if sync else net.no_sync(), autocast:
         patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache else None
+        bias = None
+        if model.options.look == "oracle":  # the ceiling control reads every fine frame at the target
+            looks = target_looks(run.train_set, raw["index"], model.encoder.patch_size)  # [B, T, G*G]
+            bias = look_mask(looks.to(batch.frames.device))
         res = net(
-            batch, recon=objective.recon, caption=objective.caption, fine_iterations=t.fine_iterations, cache=patches
+            batch,
+            recon=objective.recon,
+            caption=objective.caption,
+            fine_iterations=t.fine_iterations,
+            cache=patches,
+            fine_bias=bias,
         )
         coarse, fine = score(model, res, batch, objective.kinds)
         loss = objective.loss(coarse, fine, t)
