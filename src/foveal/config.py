@@ -165,6 +165,7 @@ class TrainConfig:
     objective: str = "recon"  # recon | caption | joint
     coarse_weight: float = 1.0  # loss = fine + coarse_weight * coarse; 0 reproduces the seed (fine only)
     recon_weight: float = 0.5  # joint: caption + recon_weight * recon
+    look_supervision: float = 0.0  # + this x -log(attention mass on the ground-truth target) of the fine reads t>=1
     fine_iterations: int = 1  # 0 = coarse-only control: only the static-query pass exists and is trained
     fine_loss: str = "final"  # multi-fine: final | mean | progressive
     steps: int = 300
@@ -422,10 +423,12 @@ def _check_head_options(cfg: RunConfig) -> None:
     _one_of("model.predict", m.predict, ["frame", "delta"])
     if m.prev_noise < 0 or not 0 <= m.prev_drop <= 1:
         raise ConfigError("model.prev_noise must be >= 0 and model.prev_drop in [0, 1]")
-    if m.look == "oracle" and cfg.data.source != "synthetic":
+    if cfg.train.look_supervision < 0:
+        raise ConfigError(f"train.look_supervision: must be >= 0, got {cfg.train.look_supervision}")
+    if (m.look == "oracle" or cfg.train.look_supervision) and cfg.data.source != "synthetic":
         raise ConfigError(
-            "model.look=oracle reads each frame at the ground-truth target, which only synthetic clips have: "
-            "use data.source=synthetic or model.look=learned"
+            "model.look=oracle and train.look_supervision need the ground-truth target, which only synthetic clips "
+            "have: use data.source=synthetic, or model.look=learned and train.look_supervision=0"
         )
 
 

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from foveal.config import RunConfig
 from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch, target_looks
 from foveal.data.loader import micro_batches
+from foveal.evaluation.controls import target_mass
 from foveal.evaluation.evaluate import evaluate, make_batch
 from foveal.evaluation.summary import summarize
 from foveal.log import progress
@@ -198,20 +199,24 @@ def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Te
     batch = make_batch(raw, run.dist.device, objective.caption)
     with contextlib.nullcontext() if sync else net.no_sync(), autocast:
         patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache else None
-        bias = None
-        if model.options.look == "oracle":  # the ceiling control reads every fine frame at the target
-            looks = target_looks(run.train_set, raw["index"], model.encoder.patch_size)  # [B, T, G*G]
-            bias = look_mask(looks.to(batch.frames.device))
+        looks = None
+        if model.options.look == "oracle" or t.look_supervision:
+            looks = target_looks(run.train_set, raw["index"], model.encoder.patch_size).to(batch.frames.device)
+        bias = look_mask(looks) if model.options.look == "oracle" else None  # the ceiling reads at the target
         res = net(
             batch,
             recon=objective.recon,
             caption=objective.caption,
             fine_iterations=t.fine_iterations,
             cache=patches,
+            return_attention=bool(t.look_supervision),
             fine_bias=bias,
         )
         coarse, fine = score(model, res, batch, objective.kinds)
         loss = objective.loss(coarse, fine, t)
+        if t.look_supervision and res.fine:  # an auxiliary signal that tells the LLM's queries where to look
+            mass = target_mass(res.fine[-1].attention.weights, looks)[:, 1:]  # [B, T-1, L] frames read by the LLM
+            loss = loss + t.look_supervision * -mass.clamp_min(1e-6).log().mean()
     run.scaler.scale(loss / t.grad_accum).backward()
     return loss, coarse, fine
 
