@@ -167,4 +167,3 @@ def test_compare_plans_the_control_models_the_flag_asks_for(flag, expected, tmp_
     files = planned_runs(load_config("tiny", overrides=[f"data.source={tmp_path / 'm.csv'}"]), ["film"], tmp_path, 1,
                          "reference")  # fmt: skip
     assert [Path(r.out_dir).name for r in files] == ["film", "film-prev-only"]  # no ground truth: no oracle
-
