@@ -86,6 +86,13 @@ def control_metrics(held: dict) -> tuple[dict[str, Estimate], dict[str, list]]:
             layers[path] = a[path]["per_layer"]
     if "fine_minus_coarse" in a:
         m["attention_fine_minus_coarse"] = _interval(a["fine_minus_coarse"], n)
+    p = held.get("probes", {})
+    if p:
+        m["probe_colour_chance"] = _value(p["colour_chance"])
+    for path in ("coarse", "fine", "oracle_eval"):
+        for key in ("position_r2", "colour_accuracy"):
+            if key in p.get(path, {}):
+                m[f"probe_{key}_{path}"] = _value(p[path][key])
     return m, layers
 
 

@@ -188,6 +188,17 @@ def look_table(rows: list[dict]) -> str:
     return " ".join(notes) + "\n\n" + "\n".join(lines)
 
 
+PROBE_COLUMNS = [
+    ("Position R^2 coarse", "probe_position_r2_coarse", "ratio"),
+    ("Position R^2 fine", "probe_position_r2_fine", "ratio"),
+    ("Position R^2 oracle look", "probe_position_r2_oracle_eval", "ratio"),
+    ("Colour acc. coarse", "probe_colour_accuracy_coarse", "share"),
+    ("Colour acc. fine", "probe_colour_accuracy_fine", "share"),
+    ("Colour acc. oracle look", "probe_colour_accuracy_oracle_eval", "share"),
+    ("Colour chance", "probe_colour_chance", "share"),
+]
+
+
 def tables(rows: list[dict]) -> str:
     """The held-out ratio table, the controls table and (where there is ground truth) the attention table; a table
     none of whose metrics exist (e.g. controls without a recon loss) is left out."""
@@ -218,6 +229,13 @@ def tables(rows: list[dict]) -> str:
             "and heads): attention mass on the target's patches (ground truth, where the data has it) and the "
             "attention's entropy / ln P (1.000 = uniform: the query cannot look anywhere).\n\n"
             + markdown_table(rows, ATTENTION_COLUMNS, [("Fine per layer (%)", layers)])
+        )
+    if has(PROBE_COLUMNS):
+        parts.append(
+            "**What a frame token says about the target** (linear probes of held-out tokens, frames t>=1, fitted on "
+            "half the held-out clips and scored on the other half): R^2 of the target's position and accuracy of its "
+            "colour, from the coarse and fine tokens and from this model's tokens read with the oracle look.\n\n"
+            + markdown_table(rows, PROBE_COLUMNS)
         )
     return "\n\n".join(parts)
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from foveal.config import ConfigError, DataConfig, RunConfig
 from foveal.data.frames import resize_frames
-from foveal.data.synthetic import SynthClip, patch_masks, render_clip
+from foveal.data.synthetic import SynthClip, patch_masks, render_clip, target_attributes
 from foveal.data.video import file_datasets
 
 HELDOUT_OFFSET = 1_000_000  # synthetic held-out clips come from indices no training clip uses
@@ -60,6 +60,10 @@ class SyntheticClips(Dataset):
         scaled = patch * self.size // self.frame_size  # the same patch grid in rendered pixels
         grid = patch_masks(clip.masks[:, clip.target], scaled)  # [T, G, G]
         return torch.from_numpy(grid).flatten(1)
+
+    def target_attributes(self, i: int) -> dict[str, torch.Tensor]:
+        """Clip i's target per frame: box centre [T, 2] (shares of the side) and colour index [T] (-1: unknown)."""
+        return {k: torch.from_numpy(v) for k, v in target_attributes(self.clip(i)).items()}
 
     def __getitem__(self, i: int) -> dict:
         clip = self.clip(i)

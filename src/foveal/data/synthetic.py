@@ -41,6 +41,21 @@ class SynthClip:
     named: int = 1  # objects 0..named-1 are named in the caption; the rest are distractors
 
 
+def target_attributes(clip: SynthClip) -> dict[str, np.ndarray]:
+    """What a probe should find in a frame token: the target's box centre [T, 2] (x, y as shares of the frame side)
+    and its colour [T] (index into COLOURS; -1 where it covers no pixel or is not a palette colour)."""
+    size = clip.frames.shape[1]
+    box = clip.boxes[:, clip.target]  # [T, 4]
+    centre = np.stack([box[:, 0] + box[:, 2], box[:, 1] + box[:, 3]], axis=1) / (2 * size)
+    palette = np.array(list(COLOURS.values()))  # [8, 3]
+    colour = np.full(len(clip.frames), -1)
+    for t, (frame, mask) in enumerate(zip(clip.frames, clip.masks[:, clip.target])):
+        if mask.any():
+            match = np.flatnonzero((palette == frame[mask][0]).all(1))
+            colour[t] = match[0] if len(match) else -1
+    return {"centre": centre, "colour": colour}
+
+
 def _bounce(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """Fold a straight path into [lo, hi] like a ball between two walls; also returns the direction sign."""
     span = hi - lo

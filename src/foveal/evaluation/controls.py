@@ -162,6 +162,14 @@ def region_mse(pred: torch.Tensor, targets: torch.Tensor, on_target: torch.Tenso
     return torch.where(cells > 0, (err * mask).sum(-1) / cells.clamp_min(1), torch.nan)
 
 
+@control("tokens")
+def tokens(ev: Evaluated) -> dict[str, torch.Tensor]:
+    """Each path's frame tokens [B, T, H], for the linear probes of what a token says about the target."""
+    if ev.on_target is None:
+        return {}
+    return {f"tokens_{name}": p.tokens for name, p in passes(ev).items()}
+
+
 @control("target_region")
 def target_region(ev: Evaluated) -> dict[str, torch.Tensor]:
     if ev.on_target is None or not ev.objective.recon or ev.out.targets is None:
@@ -178,7 +186,7 @@ def oracle_look(ev: Evaluated) -> dict[str, torch.Tensor]:
     text = ev.batch if ev.objective.caption else None
     bias = look_mask(ev.on_target)
     p = ev.model.coarse_to_fine(ev.cache, b, t, ev.fine_iterations, text, fine_bias=bias)[-1]
-    return ev.rescore("oracle_eval", p)
+    return ev.rescore("oracle_eval", p) | {"tokens_oracle_eval": p.tokens}
 
 
 @control("shuffled_look")

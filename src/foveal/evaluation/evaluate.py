@@ -78,6 +78,9 @@ def evaluate(
             if autoregressive and res.fine:
                 p, targets = model.forward_autoregressive(batch, recon=objective.recon, caption=objective.caption)
                 arrays |= path_arrays("autoregressive", score_passes(model, [p], targets, batch, objective.kinds)[0])
+        if hasattr(dataset, "target_attributes"):  # what the probes should find: [B, T, 2] centres, [B, T] colours
+            truth = [dataset.target_attributes(i) for i in idx]
+            arrays |= {f"truth_{k}": torch.stack([a[k] for a in truth]) for k in truth[0]}
         for key, value in arrays.items():
             out.setdefault(key, []).append(value.float().cpu())
     model.train(was_training)

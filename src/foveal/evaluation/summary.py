@@ -83,7 +83,46 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
         summary["attention"] = attention_summary(arrays, seed)
     if "copy_last_mse" in arrays:
         summary["copy_last"] = summarize_copy_last(arrays, seed)
+    if "truth_centre" in arrays and "tokens_coarse" in arrays:
+        summary["probes"] = probes(arrays)
     return summary
+
+
+def ridge_fit_predict(x_train, y_train, x_test, alpha: float = 1.0) -> np.ndarray:
+    """Ridge regression on standardised features (with a bias); returns the test predictions."""
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    a, b = (x_train - mean) / std, (x_test - mean) / std
+    a, b = np.hstack([a, np.ones((len(a), 1))]), np.hstack([b, np.ones((len(b), 1))])
+    w = np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ y_train)
+    return b @ w
+
+
+def probes(arrays: dict[str, np.ndarray]) -> dict:
+    """Linear probes of the target's position (R^2 of its box centre) and colour (accuracy of a one-hot ridge
+    classifier; chance = the commonest colour's share) from each path's frame tokens, frames t >= 1 (those read with
+    an LLM query); fitted on the first half of the held-out clips, scored on the second half."""
+    n = len(arrays["truth_centre"])
+    half = n // 2
+    centre = arrays["truth_centre"][:, 1:].reshape(-1, 2)
+    colour = arrays["truth_colour"][:, 1:].reshape(-1).astype(int)
+    train = np.arange(len(centre)) < half * (arrays["truth_centre"].shape[1] - 1)
+    known = colour >= 0
+    counts = np.bincount(colour[train & known], minlength=8)
+    out: dict = {"clips_fit": half, "clips_scored": n - half, "colour_chance": float(counts.max() / counts.sum())}
+    onehot = np.eye(8)[np.where(known, colour, 0)]
+    for path in ("coarse", "fine", "oracle_eval"):
+        if f"tokens_{path}" not in arrays:
+            continue
+        x = arrays[f"tokens_{path}"][:, 1:].reshape(len(centre), -1).astype(np.float64)
+        pos = ridge_fit_predict(x[train], centre[train], x[~train])
+        sse, sst = ((pos - centre[~train]) ** 2).sum(0), ((centre[~train] - centre[~train].mean(0)) ** 2).sum(0)
+        fit = train & known
+        guess = ridge_fit_predict(x[fit], onehot[fit], x[~train & known]).argmax(1)
+        out[path] = {
+            "position_r2": float((1 - sse / sst).mean()),
+            "colour_accuracy": float((guess == colour[~train & known]).mean()),
+        }
+    return out
 
 
 def look_controls(arrays: dict[str, np.ndarray], kind: str, per_clip, seed: int) -> dict:
