@@ -10,9 +10,10 @@ import torch
 
 from foveal.analysis.aggregate import look_metrics
 from foveal.analysis.compare import CONTROL_MODELS, planned_runs
+from foveal.analysis.viz import analyse, heldout_clip
 from foveal.cli import build_parser
 from foveal.config import ConfigError, load_config
-from foveal.data.synthetic import COLOURS, render_clip, target_attributes
+from foveal.data.synthetic import COLOURS, patch_masks, render_clip, target_attributes
 from foveal.evaluation.controls import region_mse
 from foveal.evaluation.stats import gain_captured, oracle_headroom
 from foveal.evaluation.summary import summarize
@@ -197,3 +198,18 @@ def test_target_attributes_are_the_rendered_centre_and_colour():
     )
     names = list(COLOURS)
     assert all(tuple(clip.frames[f][clip.masks[f, 0]][0]) == COLOURS[names[a["colour"][f]]] for f in range(4))
+
+
+def test_viz_draws_an_oracle_look_models_fine_pass_as_it_reads():
+    """The gallery of an oracle-look model shows the masked attention it trained and was scored with."""
+    cfg = load_config("look", overrides=["model.look=oracle", "data.num_frames=3"])
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    clip = heldout_clip(cfg, 0)
+    view = analyse(model, cfg, clip)
+    grid = cfg.model.frame_size // model.encoder.patch_size
+    on_target = torch.from_numpy(patch_masks(clip.mask, model.encoder.patch_size)).flatten(1)  # [T, G*G]
+    assert on_target.shape[-1] == grid * grid and on_target.any(-1).all()
+    outside = (view.attention["fine"][..., 1:] * ~on_target[:, None, None]).sum(-1)  # [T, L, heads]
+    assert outside.max() < 1e-6 and view.attention["fine"][..., 0].max() < 1e-6  # neither elsewhere nor on CLS
+    assert (view.attention["coarse"][..., 1:] * ~on_target[:, None, None]).sum(-1).mean() > 0.2  # coarse: unmasked

@@ -11,6 +11,7 @@ printed in each title because the patch map does not sum to 1 when CLS takes mas
 from __future__ import annotations
 
 import json
+import logging
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,15 @@ from foveal.analysis.plotting import figure_pixels, subplots
 from foveal.config import ConfigError, RunConfig
 from foveal.data.dataset import build_datasets
 from foveal.data.frames import encoder_input
+from foveal.data.synthetic import patch_masks
 from foveal.data.video import read_clip
 from foveal.model.backbones import build_vae
+from foveal.model.encoder import look_mask
 from foveal.model.foveated import Batch
 from foveal.model.targets.vae import encode_latents
 from foveal.objectives import score
+
+log = logging.getLogger(__name__)
 
 PASSES = ("coarse", "fine")
 NEXT = ("true", "coarse", "fine", "copy")  # the next-frame panels
@@ -43,6 +48,7 @@ class Clip:
     name: str
     caption: str = ""
     boxes: np.ndarray | None = None  # [T, 4] the target's (x0, y0, x1, y1) in frame pixels, when known
+    mask: np.ndarray | None = None  # [T, R, R] the target's pixels at render size R, when known (the oracle look)
 
 
 @dataclass
@@ -71,7 +77,7 @@ def load_clip(spec: str, cfg: RunConfig) -> Clip:
         truth = item["truth"]
         scale = size / truth.frames.shape[1]  # ground truth is in render pixels
         boxes = truth.boxes[:, truth.target] * scale
-        return Clip(item["frames"], spec.replace(":", "-"), item["caption"], boxes)
+        return Clip(item["frames"], spec.replace(":", "-"), item["caption"], boxes, truth.masks[:, truth.target])
     item = read_clip(spec, cfg.data, size)
     return Clip(item["frames"], Path(spec).stem, item.get("caption", ""))
 
@@ -105,6 +111,19 @@ def latent_pictures(latents: torch.Tensor, vae, decode: bool) -> torch.Tensor:
     return _to_uint8((rgb - lo) / (hi - lo).clamp(min=1e-6) * 2 - 1)
 
 
+def oracle_bias(model, clip: Clip, frame_size: int) -> torch.Tensor | None:
+    """An oracle-look model reads its fine pass at the target, here as in training ([1, T, P] mask); None for a
+    learned-look model. Without ground truth (a video file) its fine column is the unmasked query's, and says so."""
+    if model.options.look != "oracle":
+        return None
+    if clip.mask is None:
+        log.warning(f"viz: {clip.name} has no ground-truth target; the oracle-look model's fine column is unmasked")
+        return None
+    patch = model.encoder.patch_size * clip.mask.shape[-1] // frame_size  # the encoder's patch in render pixels
+    looks = torch.from_numpy(patch_masks(clip.mask, patch)).flatten(1)[None]  # [1, T, G*G]
+    return look_mask(looks).to(next(model.parameters()).device)
+
+
 @torch.no_grad()
 def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = None) -> ClipView:
     """One forward (coarse, then fine) over the clip with the attention kept; losses and pictures of the next-frame
@@ -119,7 +138,9 @@ def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = N
     model.eval()
     # a coarse-only model (fine_iterations 0) still has the query path: drawn for comparison, marked untrained
     fine_iterations = max(1, cfg.train.fine_iterations)
-    out = model(batch, recon=targets is not None, fine_iterations=fine_iterations, return_attention=True)
+    bias = oracle_bias(model, clip, cfg.model.frame_size)
+    recon = targets is not None
+    out = model(batch, recon=recon, fine_iterations=fine_iterations, return_attention=True, fine_bias=bias)
     model.train(was_training)
     passes = {"coarse": out.coarse, "fine": out.fine[-1]}
     attention = {k: p.attention.weights[:, 0].float().cpu() for k, p in passes.items()}  # [T, L, heads, P]
