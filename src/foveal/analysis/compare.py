@@ -39,7 +39,10 @@ def run_dir(out: Path, head: str, seed: int, seeds: int, control: str = "") -> P
 def read_run(folder: Path) -> tuple[dict, dict]:
     """A finished run folder -> (results.json, held-out arrays)."""
     if not (folder / "results.json").exists():
-        raise FileNotFoundError(f"{folder} has no results.json: train it first (drop --summarize-only)")
+        raise FileNotFoundError(
+            f"{folder} has no results.json: train it first (drop --summarize-only), or pass the --controls the "
+            "comparison was run with (--controls none for one without control models)"
+        )
     arrays = {k: v.numpy() for k, v in torch.load(folder / "heldout_losses.pt").items()}
     return json.loads((folder / "results.json").read_text()), arrays
 
