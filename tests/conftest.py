@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny config sized for tests, cached in a per-session folder."""
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -7,6 +10,8 @@ from foveal.config import load_config
 from foveal.log import setup as setup_logging
 
 torch.set_num_threads(2)
+# a test that names no cache_dir writes to this session's folder, never to the user cache
+os.environ["FOVEAL_CACHE"] = tempfile.mkdtemp(prefix="foveal-test-cache-")
 
 
 def tiny_overrides(**kw) -> list[str]:

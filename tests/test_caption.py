@@ -47,8 +47,10 @@ def test_eval_cli_reports_every_mode_and_the_gap(joint_run, capsys):
     out, _ = joint_run
     assert main(["eval", "--checkpoint", str(out), "--json"]) == 0
     printed = capsys.readouterr().out
-    summary = json.loads(printed.strip().splitlines()[-1])
+    summary = json.loads(printed, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))  # stdout: JSON alone
     for kind in ("caption", "recon"):
         s = summary[kind]
         assert {"loss_coarse", "loss_fine", "loss_autoregressive", "train_inference_gap"} <= set(s)
+    assert main(["eval", "--checkpoint", str(out)]) == 0
+    printed = capsys.readouterr().out
     assert "| caption |" in printed and "autoregressive" in printed

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from conftest import tiny_overrides
@@ -44,8 +45,10 @@ def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
     printed = capsys.readouterr().out
     head = "| Head Type | Steps | Final Ratio | Ratio > 1.0 | Parameters | Held-out Ratio | Held-out MSE fine (t>=2) |"
     assert head in printed and "| copy-last (control) |" in printed  # every target has the copy-last control
-    rows = json.loads((out / "summary.json").read_text())
+    text = (out / "summary.json").read_text()  # strict JSON: a missing number is null, never a bare NaN
+    rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
     assert [r["head"] for r in rows] == list(HEADS)
+    assert "null" in text  # there are missing numbers (the coarse-only control has no ratio of its own)
     for r in rows:
         assert set(r) >= ROW_KEYS
         assert r["steps"] == 2 and r["seed"] == 3 and r["coarse_weight"] == 1.0

@@ -118,3 +118,16 @@ def test_a_frame_size_off_the_patch_grid_is_said_before_training(tiny_cfg, logs)
     cfg = tiny_cfg(**{"model.frame_size": 60, "model.vae.block_out_channels": "[32, 64, 64]", "train.steps": 1})
     train(cfg)
     assert "frame_size 60 is not a multiple of the encoder's patch size 8: the last 4 px" in logs()
+
+
+def test_the_cache_is_the_users_unless_a_config_or_foveal_cache_says_otherwise(tmp_path, monkeypatch):
+    """Like HF_HOME: $FOVEAL_CACHE, else the platform's user cache; never a folder relative to where one stands."""
+    monkeypatch.delenv("FOVEAL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cfg = load_config("tiny")
+    assert cfg.cache_dir == "" and cfg.cache_path == tmp_path / "xdg" / "foveal"
+    monkeypatch.setenv("FOVEAL_CACHE", str(tmp_path / "mine"))
+    assert load_config("tiny").cache_path == tmp_path / "mine"
+    assert load_config("tiny", overrides=[f"cache_dir={tmp_path / 'run'}"]).cache_path == tmp_path / "run"
+    load_config("tiny").save(tmp_path / "c.yaml")  # a saved run names no machine's cache: it moves with the user
+    assert "cache_dir: ''" in (tmp_path / "c.yaml").read_text()

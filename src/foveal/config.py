@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,18 @@ from pathlib import Path
 import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def user_cache_dir() -> Path:
+    """$FOVEAL_CACHE, else the platform's user cache: $XDG_CACHE_HOME/foveal or ~/.cache/foveal (Linux),
+    ~/Library/Caches/foveal (macOS), %LOCALAPPDATA%/foveal (Windows)."""
+    if os.environ.get("FOVEAL_CACHE"):
+        return Path(os.environ["FOVEAL_CACHE"]).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "foveal"
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "foveal"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "foveal"
 
 
 class ConfigError(ValueError):
@@ -152,7 +165,9 @@ class DataConfig:
     heldout_clips: int = 64  # clips never trained on, for held-out numbers (files: see heldout_fraction)
     heldout_fraction: float | None = None  # files: held out iff the id's hash, in [0, 1), is below this (null: the
     #                                        heldout_clips listed clips whose ids hash lowest)
-    window: str = "clip"  # "clip" | "first:<seconds>": T frames evenly over it; "fps:<rate>": T frames 1/rate s apart
+    window: str = "clip"  # "clip": T frames evenly over the clip (linspace, rounded; "clip:floor": truncated, as
+    #                       the seed study picked 8 of 16: 0,2,4,6,8,10,12,15) | "first:<seconds>": evenly over them
+    #                       | "fps:<rate>": T frames 1/rate s apart
     frame_rate: float = 8.0  # frame folders: their extraction rate (fVLM frame folders: 8 fps, per patch_prediction)
     resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
     frame_gap: int = 1  # synthetic: render steps between consecutive frames (0: a still clip); files: use window
@@ -175,6 +190,7 @@ class TrainConfig:
     lr: float = 1e-3  # connector: every newly initialised module (projections, queries, tokens, head)
     backbone_lr: float = 3e-5  # DINOv2 and the LLM when they train
     weight_decay: float = 0.01
+    decay: str = "matrices"  # what weight decay applies to: matrices (Linear / conv weights) | all (torch's default)
     warmup_steps: int = 50
     schedule: str = "constant"  # constant | cosine (down to min_lr_ratio)
     min_lr_ratio: float = 0.1
@@ -197,16 +213,21 @@ class TrainConfig:
 @dataclass
 class RunConfig:
     preset: str = "tiny"
+    protocol: str = "foveal"  # a layer of train/data keys over the preset: foveal (none) | seed (PROTOCOLS)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     out_dir: str = "runs/latest"
-    cache_dir: str = ".cache/foveal"
+    cache_dir: str = ""  # latents, converted weights; "" = the user cache (user_cache_dir), like HF_HOME
     resume: bool | str = False  # true / "latest": the newest checkpoint in out_dir; or a checkpoint file
     overwrite: bool = False  # start afresh in an out_dir that already holds a run (its checkpoints are deleted)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else user_cache_dir()
 
     def save(self, path: str | Path) -> None:
         """Atomically (temp file + rename): a kill or a full disk never leaves a torn config.yaml."""
@@ -337,6 +358,38 @@ def preset_dict(name: str) -> dict:
     return _merge(preset_dict(parent), data) if parent else data
 
 
+# How the seed study trained (reference-system.md section 2.5, the prediction-head experiment; section 3.1 for the
+# recipe): only the fine loss back-propagated; AdamW over every parameter at lr 3e-5 with torch's defaults (weight
+# decay 0.01 on all of them, no parameter groups); linear warmup over 50 steps, then constant; no clipping; batch
+# 2 x accumulation 4; 8 of 16 frames by linspace, truncated; 30 wall-clock minutes. Its ratio per step (the
+# micro-batch means, train/results.py) and final ratio (mean of the last 100) are what every run records anyway.
+PROTOCOLS: dict[str, dict] = {
+    "foveal": {},
+    "seed": {
+        "data": {"window": "clip:floor"},
+        "train": {
+            "coarse_weight": 0.0,
+            "lr": 3e-5,
+            "backbone_lr": 3e-5,
+            "weight_decay": 0.01,
+            "decay": "all",
+            "warmup_steps": 50,
+            "schedule": "constant",
+            "grad_clip": 0.0,
+            "batch_size": 2,
+            "grad_accum": 4,
+            "minutes": 30.0,
+        },
+    },
+}
+
+
+def protocol_dict(name: str) -> dict:
+    if name not in PROTOCOLS:
+        raise ConfigError(f"protocol: unknown protocol {name!r}; available: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
 def parse_override(text: str) -> dict:
     """'train.lr=1e-4' -> {'train': {'lr': 1e-4}} (the value is parsed as YAML)."""
     if "=" not in text:
@@ -369,19 +422,26 @@ def load_config(
         data = read_yaml(path)
     name = preset or data.get("preset") or "tiny"
     base = preset_dict(name)
-    merged = _merge(base, data)
+    overrides = [o if isinstance(o, dict) else parse_override(o) for o in _as_list(overrides)]
+    protocol = next((o["protocol"] for o in reversed(overrides) if "protocol" in o), None)
+    protocol = protocol or data.get("protocol") or base.get("protocol") or "foveal"
+    layer = protocol_dict(protocol) if isinstance(protocol, str) else {}  # a non-string fails the type check below
+    merged = _merge(_merge(base, layer), data)  # preset, then the protocol's keys, then the file, then overrides
     merged["preset"] = name
-    # the keys asked for (an explicit preset or file, the overrides): a resume compares these with its own record
+    # the keys asked for (an explicit preset, protocol or file, the overrides): a resume compares them with its record
     requested = set(leaves(base)) if preset or data.get("preset") else set()
-    requested |= set(leaves(data))
-    for o in [overrides] if isinstance(overrides, dict) else overrides or []:
-        o = o if isinstance(o, dict) else parse_override(o)
+    requested |= set(leaves(layer)) | set(leaves(data))
+    for o in overrides:
         requested |= set(leaves(o))
         merged = _merge(merged, o)
     cfg = _from_dict(RunConfig, merged)
     validate(cfg)
     cfg.requested = requested
     return cfg
+
+
+def _as_list(overrides) -> list:
+    return [overrides] if isinstance(overrides, dict) else list(overrides or [])
 
 
 def config_from_dict(data: dict) -> RunConfig:
@@ -432,11 +492,8 @@ def _check_head_options(cfg: RunConfig) -> None:
         )
 
 
-def validate(cfg: RunConfig) -> None:
-    """Every impossible value, before any work. Component choices are checked against their registries (those
-    loaded so far: every command loads them all), and each chosen component checks its own options."""
-    classes = [registry.get_class(_lookup(cfg, key)) for key, registry in REGISTRIES.items()]
-    m, d, t = cfg.model, cfg.data, cfg.train
+def _check_model(cfg: RunConfig) -> None:
+    m = cfg.model
     _one_of("model.target_loss", m.target_loss, ["mse", "smooth_l1", "cosine"])
     positive("model.frame_size", m.frame_size)
     positive("model.query_dim", m.query_dim)
@@ -450,6 +507,36 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("model.llm: hidden_size % num_heads and num_heads % num_kv_heads must be 0")
     if m.visual_scale is not None and m.visual_scale <= 0:
         raise ConfigError(f"model.visual_scale: must be > 0 or null, got {m.visual_scale}")
+    _check_head_options(cfg)
+
+
+def _check_window(window: str) -> None:
+    kind, _, value = window.partition(":")
+    try:
+        ok = window in ("clip", "clip:floor") or (kind in ("first", "fps") and float(value) > 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"data.window: {window!r}; use 'clip', 'clip:floor', 'first:<seconds>' or 'fps:<rate>' (numbers > 0)"
+        )
+
+
+def _check_synthetic(s: SynthSpec) -> None:
+    for key in ("size_range", "target_size_range"):
+        value = getattr(s, key)
+        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+            raise ConfigError(f"data.synthetic.{key}: need [min, max] with 0 < min <= max <= 1, got {value}")
+    if s.speed < 0 or (s.other_speed or 0) < 0:
+        raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
+    positive("data.synthetic.num_objects", s.num_objects)
+    positive("data.synthetic.target_colours", s.target_colours)
+    if not 0 <= s.lamp <= 1:
+        raise ConfigError(f"data.synthetic.lamp: a share in [0, 1], got {s.lamp}")
+
+
+def _check_data(cfg: RunConfig) -> None:
+    d, t = cfg.data, cfg.train
     if d.num_frames < 2:
         raise ConfigError(f"data.num_frames: must be >= 2 (a next frame must exist), got {d.num_frames}")
     if d.num_frames < 3 and t.fine_iterations:
@@ -462,13 +549,7 @@ def validate(cfg: RunConfig) -> None:
     if d.heldout_fraction is not None and not 0 <= d.heldout_fraction < 1:
         raise ConfigError(f"data.heldout_fraction: must be in [0, 1) or null, got {d.heldout_fraction}")
     _one_of("data.resize", d.resize, ["crop", "squash"])
-    kind, _, value = d.window.partition(":")
-    try:
-        ok = d.window == "clip" or (kind in ("first", "fps") and float(value) > 0)
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"data.window: {d.window!r}; use 'clip', 'first:<seconds>' or 'fps:<rate>' (numbers > 0)")
+    _check_window(d.window)
     if d.frame_rate <= 0:
         raise ConfigError(f"data.frame_rate: must be > 0, got {d.frame_rate}")
     positive("data.frame_gap", d.frame_gap, 0)
@@ -477,42 +558,43 @@ def validate(cfg: RunConfig) -> None:
             "data.frame_gap: only synthetic clips are rendered with a gap; for video files the gap between frames "
             "is set by data.window (fps:<rate> puts 1/rate s between frames)"
         )
-    for key in ("size_range", "target_size_range"):
-        value = getattr(d.synthetic, key)
-        if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1] <= 1):
-            raise ConfigError(f"data.synthetic.{key}: need [min, max] with 0 < min <= max <= 1, got {value}")
-    if d.synthetic.speed < 0 or (d.synthetic.other_speed or 0) < 0:
-        raise ConfigError("data.synthetic.speed and data.synthetic.other_speed: must be >= 0")
-    positive("data.synthetic.num_objects", d.synthetic.num_objects)
-    positive("data.synthetic.target_colours", d.synthetic.target_colours)
-    if not 0 <= d.synthetic.lamp <= 1:
-        raise ConfigError(f"data.synthetic.lamp: a share in [0, 1], got {d.synthetic.lamp}")
-    _check_head_options(cfg)
+    _check_synthetic(d.synthetic)
+
+
+def _check_train(cfg: RunConfig) -> None:
+    t = cfg.train
     _one_of("train.fine_loss", t.fine_loss, ["final", "mean", "progressive"])
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
+    _one_of("train.decay", t.decay, ["matrices", "all"])
     positive("train.fine_iterations", t.fine_iterations, 0)
     if t.fine_iterations == 0 and t.coarse_weight == 0:
         raise ConfigError(
             "train.fine_iterations=0 (coarse-only) trains the coarse pass alone: set train.coarse_weight > 0"
         )
-    positive("train.steps", t.steps)
-    positive("train.batch_size", t.batch_size)
-    positive("train.grad_accum", t.grad_accum)
-    positive("train.keep_last", t.keep_last)
-    positive("train.max_nonfinite", t.max_nonfinite)
+    for key in ("steps", "batch_size", "grad_accum", "keep_last", "max_nonfinite", "encoder_cache_mib"):
+        positive(f"train.{key}", getattr(t, key))
     positive("train.warmup_steps", t.warmup_steps, 0)
     positive("train.report_clips", t.report_clips, 0)
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-    if t.encoder_cache and not m.dino.freeze:
+    if t.encoder_cache and not cfg.model.dino.freeze:
         raise ConfigError(
             "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step)"
         )
-    positive("train.encoder_cache_mib", t.encoder_cache_mib)
     if t.minutes is not None and t.minutes <= 0:
         raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Every impossible value, before any work. Component choices are checked against their registries (those
+    loaded so far: every command loads them all), and each chosen component checks its own options."""
+    classes = [registry.get_class(_lookup(cfg, key)) for key, registry in REGISTRIES.items()]
+    protocol_dict(cfg.protocol)
+    _check_model(cfg)
+    _check_data(cfg)
+    _check_train(cfg)
     for cls in classes:
         if hasattr(cls, "check_config"):
             cls.check_config(cfg)

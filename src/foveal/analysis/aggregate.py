@@ -22,7 +22,7 @@ from foveal.evaluation.summary import steered
 from foveal.model.foveated import FIRST_STEERED
 
 # the reference's table fields and the run's description, read from the first seed (the same for every seed)
-DESCRIPTION = ("head", "steps", "params", "coarse_weight", "seed", "ratio_kind", "objective", "preset")
+DESCRIPTION = ("head", "steps", "params", "coarse_weight", "seed", "ratio_kind", "objective", "preset", "protocol")
 DESCRIPTION += ("target", "target_loss", "frame_gap", "target_shape", "target_features")
 NAN_ESTIMATE = Estimate(NAN)
 
@@ -72,8 +72,11 @@ def control_metrics(held: dict) -> tuple[dict[str, Estimate], dict[str, list]]:
                 for key in ("h_zero", "h_other"):
                     m[f"{key}_minus_{path}"] = _interval(c[path][f"{key}_minus_loss"], n)
     copy = held.get("copy_last", {})
+    for path in ("fine", "coarse"):  # > 1: the path beats copying the previous frame; < 1: worse than copying
+        if f"mse_copy_over_{path}" in copy:
+            value, ci = copy[f"mse_copy_over_{path}"], copy[f"mse_copy_over_{path}_ci"]
+            m[f"mse_copy_over_{path}"] = Estimate(value, *ci, "clips", n)
     if "mse_copy_over_fine" in copy:
-        m["mse_copy_over_fine"] = Estimate(copy["mse_copy_over_fine"], *copy["mse_copy_over_fine_ci"], "clips", n)
         m["copy_last_mse"], m["copy_last_cos"] = _value(copy["mse"]), _value(copy["cos"])
     a = held.get("attention", {})
     if "chance" in a:

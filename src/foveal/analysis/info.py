@@ -34,7 +34,7 @@ def _llm_source(source: str, cache_dir: str) -> tuple[str, float]:
 
 def describe(cfg: RunConfig) -> str:
     m, d = cfg.model, cfg.data
-    llm_text, _ = _llm_source(m.llm.source, cfg.cache_dir)
+    llm_text, _ = _llm_source(m.llm.source, cfg.cache_path)
     t0 = time.time()
     model, tokenizer = build_model(cfg)
     build_s = time.time() - t0
@@ -54,6 +54,7 @@ def describe(cfg: RunConfig) -> str:
     lines = [
         f"preset {cfg.preset}: frames {m.frame_size}x{m.frame_size} px, {d.num_frames} per clip; "
         f"model built in {build_s:.1f} s",
+        f"cache {cfg.cache_path}" + ("" if cfg.cache_dir else " (the user cache: $FOVEAL_CACHE to move it)"),
         "dino (vision encoder)",
         f"  source      {_source(m.dino.source, 'DINOv2')}",
         f"  parameters  {num_params(dino):,}" + ("  (frozen)" if m.dino.freeze else ""),

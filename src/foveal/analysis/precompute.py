@@ -25,7 +25,7 @@ def precompute(cfg: RunConfig) -> dict:
     t0 = time.time()
     train_set, heldout_set = build_datasets(cfg)
     vae = build_vae(cfg.model.vae, cfg.model.frame_size, cfg.train.seed)
-    cache = LatentCache(cfg.cache_dir, fingerprint(vae))
+    cache = LatentCache(cfg.cache_path, fingerprint(vae))
     setup_s = time.time() - t0
     out = {"cache": str(cache.dir), "setup_s": round(setup_s, 1)}
     for name, dataset in (("train", train_set), ("heldout", heldout_set)):

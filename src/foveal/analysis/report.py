@@ -394,5 +394,5 @@ def _describe(cfg: dict) -> str:
     return (
         f"Preset {cfg.get('preset')}, objective {t.get('objective')}, seed {t.get('seed')}, "
         f"{t.get('batch_size')} x {t.get('grad_accum')} clips per step, {d.get('num_frames')} frames per clip, "
-        f"data {d.get('source')}, coarse_weight {t.get('coarse_weight')}."
+        f"data {d.get('source')}, coarse_weight {t.get('coarse_weight')}, protocol {cfg.get('protocol', 'foveal')}."
     )

@@ -10,12 +10,12 @@ held-out with an interval. The verdicts below are read off the intervals, mechan
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 from foveal.analysis.compare import compare
+from foveal.analysis.export import strict_json
 from foveal.analysis.tables import interval_note, tables
 from foveal.config import RunConfig, replace
 
@@ -147,7 +147,5 @@ def bench_science(
         + "\n"
     )
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k != "step_ratios"} for r in rows], indent=1)
-    )
+    (out / "summary.json").write_text(strict_json([{k: v for k, v in r.items() if k != "step_ratios"} for r in rows]))
     return rows

@@ -3,12 +3,12 @@ queries look), summary.md / summary.json and the comparison chart. Every cell re
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from foveal.analysis.export import strict_json
 from foveal.analysis.plotting import subplots
 from foveal.config import RunConfig
 
@@ -39,9 +39,8 @@ def table(rows: list[dict]) -> str:
         kind = r.get("ratio_kind", "recon")
         notes = [
             f"{kind} ratio" if has_caption and not joint else "",
-            "fine loss only (the reference's protocol)"
-            if r["coarse_weight"] == 0
-            else f"coarse_weight {r['coarse_weight']:g}",
+            "fine loss only" if r["coarse_weight"] == 0 else f"coarse_weight {r['coarse_weight']:g}",
+            f"protocol {r['protocol']}" if r.get("protocol", "foveal") != "foveal" else "",
         ]
         if r.get("seeds", 1) > 1:
             notes.append(f"mean of {r['seeds']} seeds")
@@ -59,6 +58,7 @@ def table(rows: list[dict]) -> str:
             cells += [cell(r, "final_caption_ratio"), cell(r, "caption_ratio")]
         if target:
             cells += [cell(r, "mse_fine_steered"), cell(r, "cos_fine_steered"), cell(r, "mse_copy_over_fine")]
+            cells.append(cell(r, "mse_copy_over_coarse"))
         cells.append("; ".join(n for n in notes if n))
         lines.append("| " + " | ".join(cells) + " |")
     if target:
@@ -72,6 +72,20 @@ def _num(x: float, style: str) -> str:
     return {"ratio": f"{x:.4f}", "loss": f"{x:.4f}", "diff": f"{x:+.4f}", "share": f"{100 * x:.0f}%"}[style]
 
 
+# ratios whose numerator is this model's coarse path: flagged where that path is worse than copying the last frame
+COARSE_RATIOS = ("recon_ratio", "recon_ratio_all_frames", "recon_ratio_oracle_eval", "recon_ratio_shuffled")
+COPY_FLAG = " ‡"
+COPY_NOTE = (
+    "‡ this model's coarse path predicts the held-out steered frames worse than copying the previous frame "
+    "(Copy MSE / MSE coarse < 1): a ratio over it compares the fine path with an untrained one, not two looks."
+)
+
+
+def coarse_worse_than_copy(row: dict) -> bool:
+    metric = row["metrics"].get("mse_copy_over_coarse")
+    return metric is not None and metric["value"] < 1.0
+
+
 def cell(row: dict, name: str, style: str = "ratio") -> str:
     metric = row["metrics"].get(name)
     if metric is None:
@@ -80,7 +94,8 @@ def cell(row: dict, name: str, style: str = "ratio") -> str:
     if style == "share":  # a share lives in [0, 1]; a t-interval over few seeds can overshoot it
         lo, hi = max(lo, 0.0), min(hi, 1.0)
     text = _num(metric["value"], style)
-    return text if math.isnan(lo) else f"{text} [{_num(lo, style)}, {_num(hi, style)}]"
+    text = text if math.isnan(lo) else f"{text} [{_num(lo, style)}, {_num(hi, style)}]"
+    return text + COPY_FLAG if name in COARSE_RATIOS and coarse_worse_than_copy(row) else text
 
 
 # (column title, metric, style); a column no row has is left out
@@ -254,11 +269,11 @@ def interval_note(rows: list[dict]) -> str:
 
 def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
     (out / "summary.json").write_text(
-        json.dumps([{k: v for k, v in r.items() if k not in ("step_ratios", "heldout")} for r in rows], indent=1)
+        strict_json([{k: v for k, v in r.items() if k not in ("step_ratios", "heldout")} for r in rows])
     )
     t = cfg.train
     header = (
-        f"# foveal compare: {cfg.preset} preset, objective {t.objective}\n\n"
+        f"# foveal compare: {cfg.preset} preset, objective {t.objective}, protocol {cfg.protocol}\n\n"
         f"{t.batch_size} x {t.grad_accum} clips per step, {cfg.data.num_frames} frames, coarse_weight "
         f"{t.coarse_weight:g}, data {cfg.data.source}. Final Ratio = mean of the last 100 step ratios (training "
         f"batches, as the reference study reported it); Held-out Ratio over clips never trained on. "
@@ -266,13 +281,19 @@ def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
     )
     header += target_header(rows[0])
     looking = look_table(rows) + "\n\n" if has_controls(rows) else ""  # the question first, where it can be read
-    (out / "summary.md").write_text(header + looking + table(rows) + "\n\n" + tables(rows) + "\n")
+    flagged = "\n\n" + COPY_NOTE if any(coarse_worse_than_copy(r) for r in rows) else ""
+    (out / "summary.md").write_text(header + looking + table(rows) + flagged + "\n\n" + tables(rows) + "\n")
     plot_comparison(rows, out / "comparison.png")
 
 
 # the prediction's MSE and cosine beside the ratios (steered frames t>=2), and the copy-last control row
 
-TARGET_COLUMNS = ["Held-out MSE fine (t>=2)", "Held-out cos fine (t>=2)", "Copy MSE / MSE fine"]
+TARGET_COLUMNS = [
+    "Held-out MSE fine (t>=2)",
+    "Held-out cos fine (t>=2)",
+    "Copy MSE / MSE fine",
+    "Copy MSE / MSE coarse",
+]
 
 
 def copy_last_line(rows: list[dict], num_cols: int) -> str:
@@ -284,7 +305,7 @@ def copy_last_line(rows: list[dict], num_cols: int) -> str:
     if not same:  # a trainable encoder moves the features each run predicts
         note += "; differs per run (trainable encoder): first run shown"
     lead = ["copy-last (control)", "-", "-", "-", "0"] + ["-"] * (num_cols - 5 - len(TARGET_COLUMNS) - 1)
-    return "| " + " | ".join([*lead, _fmt(mse), _fmt(cos), "1", note]) + " |"
+    return "| " + " | ".join([*lead, _fmt(mse), _fmt(cos), "1", "1", note]) + " |"
 
 
 def target_header(r: dict) -> str:

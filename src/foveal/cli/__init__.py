@@ -21,6 +21,7 @@ from foveal.cli.commands import (
     cmd_info,
     cmd_precompute,
     cmd_report,
+    cmd_study,
     cmd_train,
     cmd_viz,
 )
@@ -77,6 +78,20 @@ def add_bench_science(sub) -> None:
     p.add_argument("--out", default="runs/bench-science", help="output folder")
     p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the summary from --out")
     p.set_defaults(func=cmd_bench_science)
+
+
+def add_study(sub) -> None:
+    p = sub.add_parser(
+        "study",
+        help="the seed study's five rows (+ an oracle-look positive control) under its protocol and with both paths "
+        "trained; one table",
+    )
+    add_config_args(p, default_preset="look")
+    p.add_argument("--seeds", type=at_least_1, default=3, help="models per cell (seed, seed+1, ...; default 3)")
+    p.add_argument("--out", default="runs/study", help="output folder")
+    p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the table from --out")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study: finished runs kept")
+    p.set_defaults(func=cmd_study)
 
 
 def add_train(sub) -> None:
@@ -207,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (
         add_compare,
         add_bench_science,
+        add_study,
         add_train,
         add_heads,
         add_caption,

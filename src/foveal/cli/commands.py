@@ -15,13 +15,15 @@ import yaml
 
 from foveal.analysis.bench import bench, format_table
 from foveal.analysis.compare import compare
+from foveal.analysis.export import strict_json
 from foveal.analysis.inference import caption_clips, evaluate_modes, load_clip, load_run
 from foveal.analysis.info import describe
 from foveal.analysis.precompute import precompute
 from foveal.analysis.report import write_report
 from foveal.analysis.science import bench_science
+from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
-from foveal.config import ConfigError, RunConfig, load_config, replace
+from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, replace
 from foveal.data.export import write_synthetic
 from foveal.model.build import target_shape
 from foveal.model.heads import HEADS, build_head
@@ -68,12 +70,24 @@ def flag_overrides(args: argparse.Namespace, flags=CONFIG_FLAGS) -> dict:
 def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
     p.add_argument("--preset", default=None, help=f"named preset (default {default_preset})")
     p.add_argument("--config", default=None, help="YAML run config (e.g. a run folder's config.yaml)")
+    p.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default=None,
+        help="training protocol layered over the preset: foveal (default) or seed (the study's own: fine loss only, "
+        "lr 3e-5, no clipping, ...; `foveal config --protocol seed` shows every key it sets)",
+    )
     p.add_argument("--data", default=None, help="'synthetic', a manifest (.csv/.jsonl) or a folder of frame folders")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget per run")
     p.add_argument("--objective", choices=sorted(OBJECTIVES), default=None)
-    p.add_argument("--coarse-weight", type=float, default=None, help="0 = the reference's protocol (fine loss only)")
+    p.add_argument(
+        "--coarse-weight",
+        type=float,
+        default=None,
+        help="0 = the fine loss only (--protocol seed sets the rest of the seed's recipe)",
+    )
     p.add_argument("--fine-iterations", type=int, default=None)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     p.add_argument("--target", choices=sorted(TARGETS), default=None)
@@ -97,6 +111,8 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
         o.setdefault("train", {})["wandb"] = True
     if getattr(args, "overwrite", False):
         o["overwrite"] = True
+    if getattr(args, "protocol", None):
+        o["protocol"] = args.protocol
     return load_config(args.preset, args.config, [o | extra, *args.overrides])
 
 
@@ -130,6 +146,25 @@ def cmd_bench_science(args) -> None:
     if rows:
         print(Path(args.out, "summary.md").read_text())
         print(f"wrote {args.out}/summary.md, summary.json and <objective>/<head>[-coarse-only]/results.json")
+
+
+STUDY_STEPS = 90  # the study's default budget: 54 models within 30 minutes on 2 cores (README, "The study's table")
+
+
+def cmd_study(args) -> None:
+    if args.protocol is not None:
+        raise ConfigError("study: --protocol: the study runs every protocol itself (its arms); drop the flag")
+    args.preset = args.preset or "look"
+    args.steps = args.steps or (None if args.config else STUDY_STEPS)
+    extra = {"resume": True} if args.resume else {}
+    configs = {}
+    for protocol in ("seed", "foveal"):
+        args.protocol = protocol
+        configs[protocol] = config_from_args(args, **extra)
+    study = run_study(configs, args.out, args.seeds, args.summarize_only)
+    if study:
+        print(study["text"])
+        print(f"wrote {args.out}/study.md, study.json and <arm>/<row>/[seed-<s>/]results.json")
 
 
 def cmd_train(args) -> None:
@@ -190,6 +225,9 @@ def cmd_eval(args) -> None:
     if args.data:
         cfg = replace(cfg, data={"source": args.data})
     s = evaluate_modes(cfg, model, tokenizer)
+    if args.json:  # stdout is the JSON alone, for jq and pipes
+        print(strict_json(s, indent=None))
+        return
     print(f"held-out clips: {s['clips']} ({cfg.data.source})")
     print("| Loss | coarse | coarse->fine | autoregressive | ratio coarse/fine [95% CI] | AR vs fine |")
     print("|---|---|---|---|---|---|")
@@ -201,8 +239,6 @@ def cmd_eval(args) -> None:
                 f"| {kind} | {k['loss_coarse']:.4f} | {k['loss_fine']:.4f} | {k['loss_autoregressive']:.4f} | "
                 f"{k['ratio']:.4f} [{lo:.4f}, {hi:.4f}] | {100 * k['train_inference_gap']:+.2f}% |"
             )
-    if args.json:
-        print(json.dumps(s))
 
 
 def cmd_info(args) -> None:
@@ -263,4 +299,8 @@ def cmd_bench(args) -> None:
 
 
 def cmd_config(args) -> None:
-    print(yaml.safe_dump(config_from_args(args).to_dict(), sort_keys=False), end="")
+    cfg = config_from_args(args)
+    sets = leaves(PROTOCOLS[cfg.protocol])
+    if sets:  # what the protocol layer set (a later file or flag may have changed some: the YAML below is final)
+        print(f"# protocol {cfg.protocol} sets: " + ", ".join(f"{k}={v}" for k, v in sets.items()))
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")

@@ -227,7 +227,8 @@ def _find_video(root: Path, videoid: str, page_dir: str) -> Path:
 
 def select_frames(times: np.ndarray, num_frames: int, window: str) -> list[int]:
     """Indices of the T frames to use, given every frame's time in seconds from the clip's start (ascending).
-    'clip': evenly spaced (linspace) over the whole clip; 'first:<s>': over the frames in the first s seconds;
+    'clip': evenly spaced (linspace, rounded) over the whole clip; 'clip:floor': the same positions truncated, as
+    the seed study picked 8 of 16 (0,2,4,6,8,10,12,15); 'first:<s>': over the frames in the first s seconds;
     'fps:<r>': the frames nearest to 0, 1/r, 2/r, ... s."""
     n = len(times)
     if window.startswith("fps:"):
@@ -246,7 +247,8 @@ def select_frames(times: np.ndarray, num_frames: int, window: str) -> list[int]:
         n = int((times <= float(window[6:]) + 1e-6).sum())
     if n < num_frames:
         raise BadClip("too few frames", f"{n} frames in window '{window}', {num_frames} needed")
-    return np.linspace(0, n - 1, num_frames).round().astype(int).tolist()
+    positions = np.linspace(0, n - 1, num_frames)
+    return (positions if window == "clip:floor" else positions.round()).astype(int).tolist()
 
 
 def video_timestamps(path: Path) -> tuple[np.ndarray, float]:

@@ -18,9 +18,9 @@ def target_shape(cfg: RunConfig, encoder_width: int, patch_size: int) -> tuple[i
 def build_model(cfg: RunConfig) -> tuple[FoveatedVLM, object]:
     """Backbones, connector and head; each seeded by (seed, its name) so every head starts from the same backbones."""
     m, seed = cfg.model, cfg.train.seed
-    tokenizer = build_tokenizer(m.llm, cfg.cache_dir)
+    tokenizer = build_tokenizer(m.llm, cfg.cache_path)
     dino = build_dino(m.dino, seed)
-    llm = build_llm(m.llm, tokenizer, cfg.cache_dir, seed)
+    llm = build_llm(m.llm, tokenizer, cfg.cache_path, seed)
     target = TARGETS.get_class(m.target)(cfg, dino.config.hidden_size, dino.config.patch_size)  # no RNG
     with seeded(seed, f"head:{m.head}"):
         head = build_head(m.head, llm.config.hidden_size, target.shape[0], target.shape[1])

@@ -42,7 +42,7 @@ from foveal.train.checkpoint import (
 from foveal.train.encoder_cache import EncoderCache, cache_plan
 from foveal.train.logger import MetricsLogger
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
-from foveal.train.results import summarize_run
+from foveal.train.results import step_ratio, summarize_run
 from foveal.train.run_folder import RunLock, claim_run_folder, record_resume, resume_config, resume_path
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def record(run: Run, row: dict) -> None:
     for k in run.kinds:
         run.history["coarse"][k].append(row[f"{k}_coarse"])
         if f"{k}_fine" in row:
-            ratio = row[f"{k}_coarse"] / max(row[f"{k}_fine"], 1e-12)
+            ratio = step_ratio(row[f"{k}_coarse"], row[f"{k}_fine"])
             row[f"{k}_ratio"] = ratio
             run.history["ratio"][k].append(ratio)
             run.history["fine"][k].append(row[f"{k}_fine"])

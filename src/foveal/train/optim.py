@@ -29,9 +29,10 @@ def decayed_weights(model: nn.Module) -> set[int]:
 
 def param_groups(model, t: TrainConfig) -> list[dict]:
     """Backbone (DINOv2, LLM) at backbone_lr; everything newly initialised (the connector: projections, queries,
-    mode tokens, blank target, head) at lr. Weight decay on weight matrices only (decayed_weights)."""
+    mode tokens, blank target, head) at lr. Weight decay on weight matrices only (decayed_weights), or on every
+    parameter (train.decay=all: torch's AdamW over model.parameters(), as the seed study ran it)."""
     backbone = {id(p) for m in model.backbone_modules() for p in m.parameters()}
-    decayed = decayed_weights(model)
+    decayed = decayed_weights(model) if t.decay == "matrices" else {id(p) for p in model.parameters()}
     groups: dict[tuple[str, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:

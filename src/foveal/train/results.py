@@ -14,6 +14,18 @@ def mean(xs) -> float:
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
+def step_ratio(coarse: float, fine: float) -> float:
+    """One optimiser step's ratio from its micro-batch means, as the seed computed it (reference-system.md 2.5:
+    mean(coarse) / max(mean(fine), 1e-8) over the accumulated micro-batches)."""
+    return coarse / max(fine, 1e-8)
+
+
+def study_figures(ratios: list[float]) -> dict:
+    """The seed table's columns from a run's per-step ratios: final ratio (mean of the last 100) and the share of
+    steps whose ratio is > 1."""
+    return {"final_ratio": mean(ratios[-LAST_N:]), "ratio_above_1": mean([float(r > 1) for r in ratios])}
+
+
 def summarize_run(cfg: RunConfig, model, history: dict, heldout: dict, kinds, nonfinite: int, wall_s: float) -> dict:
     primary = kinds[0]
     ratios = history["ratio"][primary]
@@ -22,9 +34,9 @@ def summarize_run(cfg: RunConfig, model, history: dict, heldout: dict, kinds, no
         "head": cfg.model.head,
         "objective": cfg.train.objective,
         "preset": cfg.preset,
+        "protocol": cfg.protocol,
         "steps": len(history["coarse"][primary]),
-        "final_ratio": mean(ratios[last]),
-        "ratio_above_1": mean([float(r > 1) for r in ratios]),
+        **study_figures(ratios),
         "min_ratio": min(ratios, default=float("nan")),
         "max_ratio": max(ratios, default=float("nan")),
         "loss_fine": mean(history["fine"][primary][last]),

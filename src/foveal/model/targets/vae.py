@@ -62,7 +62,7 @@ class VAETarget(Target):
             cfg.model.vae,
             cfg.model.frame_size,
             cfg.train.seed,
-            cfg.cache_dir,
+            cfg.cache_path,
         )
         self.store: dict[str, torch.Tensor] = {}  # clip key -> latents [T, C, h, w] (not in the state dict)
 
