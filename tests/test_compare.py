@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -49,6 +50,12 @@ def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
     rows = json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in summary.json"))
     assert [r["head"] for r in rows] == list(HEADS)
     assert "null" in text  # there are missing numbers (the coarse-only control has no ratio of its own)
+    with open(out / "summary.csv", newline="") as f:  # the same rows for spreadsheets
+        lines = list(csv.DictReader(f))
+    assert [line["head"] for line in lines] == list(HEADS)
+    for line, r in zip(lines, rows):
+        assert float(line["recon_ratio"]) == r["metrics"]["recon_ratio"]["value"]
+        assert float(line["recon_ratio_hi"]) == r["metrics"]["recon_ratio"]["ci"][1]
     for r in rows:
         assert set(r) >= ROW_KEYS
         assert r["steps"] == 2 and r["seed"] == 3 and r["coarse_weight"] == 1.0

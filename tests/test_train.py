@@ -303,6 +303,9 @@ def test_compare_resumes_where_it_stopped(tmp_path, cache_dir, logs):
     said = logs()
     assert "film: finished earlier, kept" in said.replace(str(tmp_path / "cmp") + "/", "")
     assert "resumed from" in said and "step 2" in said
+    phases = ["mlp: 16 training + 8 held-out clips; building the model", "mlp: preparing the vae target"]
+    phases += ["mlp: held-out evaluation on 8 clips", "report: writing"]  # no silent phase
+    assert all(p in said for p in phases) and said.index(phases[0]) < said.index(phases[2]), said
     assert (tmp_path / "cmp" / "film" / "results.json").stat().st_mtime_ns == film
     assert json.loads((mlp / "results.json").read_text())["steps"] == 4
     assert [r["head"] for r in json.loads((tmp_path / "cmp" / "summary.json").read_text())] == ["film", "mlp"]

@@ -147,6 +147,5 @@ def compare(
         return []
     rows = rows_from(cfg, out, heads, seeds, controls)
     write_summary(rows, cfg, out)
-    log.info("compare: writing report.html")
     write_report(out)
     return rows

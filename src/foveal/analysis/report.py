@@ -322,6 +322,7 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     runs = find_runs(folder)
     if not runs:
         raise FileNotFoundError(f"{folder} holds no results.json (a run folder) nor sub-folders with one (compare)")
+    log.info(f"report: writing {folder / 'report.html'} ({len(runs)} run(s))")
     assets = folder / ASSETS
     assets.mkdir(exist_ok=True)
     results = {n: json.loads((p / "results.json").read_text()) for n, p in runs.items()}

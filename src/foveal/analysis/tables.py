@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foveal.analysis.export import strict_json
+from foveal.analysis.export import strict_json, write_csv
 from foveal.analysis.plotting import subplots
 from foveal.config import RunConfig
 
@@ -271,6 +271,7 @@ def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
     (out / "summary.json").write_text(
         strict_json([{k: v for k, v in r.items() if k not in ("step_ratios", "heldout")} for r in rows])
     )
+    write_csv(rows, out / "summary.csv", ("head", "objective", "protocol", "seeds", "steps", "params", "clips"))
     t = cfg.train
     header = (
         f"# foveal compare: {cfg.preset} preset, objective {t.objective}, protocol {cfg.protocol}\n\n"

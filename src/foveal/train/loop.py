@@ -112,6 +112,8 @@ def set_up(cfg: RunConfig) -> Run:
     torch.manual_seed(t.seed)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if dist.main:  # start-up is a few silent seconds to minutes: say what is happening
+        log.info(f"{cfg.model.head}: {len(train_set)} training + {len(heldout_set)} held-out clips; building the model")
     model, tokenizer = build_model(cfg)
     model.to(dist.device)
     unread = cfg.model.frame_size % model.encoder.patch_size
@@ -121,6 +123,8 @@ def set_up(cfg: RunConfig) -> Run:
             f"{model.encoder.patch_size}: the last {unread} px rows and columns of every frame are never read"
         )
     objective = build_objective(t.objective)
+    if dist.main:
+        log.info(f"{cfg.model.head}: preparing the {cfg.model.target} target")
     prep = dict(main=dist.main, barrier=dist.barrier, out=out, fresh=resume_from is None)
     model.target.prepare(model, [train_set, heldout_set], **prep)  # VAE latents, a PCA, ...
     epochs = t.steps * t.grad_accum * t.batch_size * dist.world / max(1, len(train_set))
