@@ -309,3 +309,12 @@ def test_compare_resumes_where_it_stopped(tmp_path, cache_dir, logs):
     assert (tmp_path / "cmp" / "film" / "results.json").stat().st_mtime_ns == film
     assert json.loads((mlp / "results.json").read_text())["steps"] == 4
     assert [r["head"] for r in json.loads((tmp_path / "cmp" / "summary.json").read_text())] == ["film", "mlp"]
+
+
+def test_outside_a_terminal_training_logs_a_progress_line_every_n_steps(tiny_cfg, logs):
+    """No progress bar shows in a log file (nohup, Slurm): train.log_every gives one line per N steps instead."""
+    logs()
+    train(tiny_cfg(**{"train.steps": 4, "train.log_every": 2}))
+    lines = [line for line in logs().splitlines() if ": step " in line]
+    assert [line.split(",")[0] for line in lines] == ["film: step 2/4", "film: step 4/4"], lines
+    assert all("recon ratio" in line and "s/step" in line for line in lines)

@@ -198,6 +198,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
     seed: int = 0
     eval_every: int = 0  # held-out evaluation every N steps (0 = only at the end)
+    log_every: int = 50  # outside a terminal (nohup, Slurm), where no progress bar shows: a log line every N steps
     ckpt_every: int = 100
     keep_last: int = 2
     max_nonfinite: int = 5  # consecutive non-finite steps before the run stops
@@ -575,6 +576,7 @@ def _check_train(cfg: RunConfig) -> None:
     for key in ("steps", "batch_size", "grad_accum", "keep_last", "max_nonfinite", "encoder_cache_mib"):
         positive(f"train.{key}", getattr(t, key))
     positive("train.warmup_steps", t.warmup_steps, 0)
+    positive("train.log_every", t.log_every, 0)
     positive("train.report_clips", t.report_clips, 0)
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:

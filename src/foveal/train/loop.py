@@ -73,6 +73,7 @@ class Run:
     consecutive_bad: int = 0
     elapsed0: float = 0.0  # wall seconds of the runs this one resumes
     t0: float = field(default_factory=time.time)
+    first_step: int = 0  # the step this process started at (a resumed run: its checkpoint's)
     last_loss: float | None = None  # the last completed step's training loss (what best.pt follows)
 
     @property
@@ -331,7 +332,7 @@ def run_loop(run: Run) -> dict:
     params = [p for p in run.model.parameters() if p.requires_grad]
     logger = MetricsLogger(run.out, cfg, run.step, dist.main)
     autocast = autocast_for(t.precision, dist.device)
-    run.t0 = time.time()
+    run.t0, run.first_step = time.time(), run.step
     bar = progress(total=t.steps, initial=run.step, desc=cfg.model.head, show=dist.main)
     order = lambda k: micro_batch(k, len(run.train_set), t.batch_size, t.seed, dist.rank, dist.world)  # noqa: E731
     ks = range(run.data_position, t.steps * t.grad_accum)
@@ -371,8 +372,20 @@ def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
             **{f"{k[:3]}_ratio": f"{row.get(f'{k}_ratio', math.nan):.4f}" for k in run.kinds},
         }
     )
+    if bar.disable and t.log_every and run.step % t.log_every == 0 and run.dist.main:
+        log.info(progress_line(run, row))
     if run.step % t.ckpt_every == 0 and run.step < t.steps:
         save(run, run.step, row["loss"])
+
+
+def progress_line(run: Run, row: dict) -> str:
+    """What the progress bar shows, as one line (a log file has no bar)."""
+    t, per_step = run.cfg.train, (time.time() - run.t0) / max(1, run.step - run.first_step)
+    ratios = ", ".join(f"{k} ratio {row[f'{k}_ratio']:.4f}" for k in run.kinds if f"{k}_ratio" in row)
+    return (
+        f"{run.cfg.model.head}: step {run.step}/{t.steps}, loss {row['loss']:.4g}" + (f", {ratios}" if ratios else "")
+        + f", {per_step:.2f} s/step, {per_step * (t.steps - run.step):.0f} s to go"
+    )  # fmt: skip
 
 
 def finish(run: Run) -> dict:
