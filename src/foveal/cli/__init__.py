@@ -17,6 +17,7 @@ from foveal.cli.commands import (
     cmd_config,
     cmd_data_synth,
     cmd_eval,
+    cmd_export,
     cmd_heads,
     cmd_info,
     cmd_precompute,
@@ -28,6 +29,7 @@ from foveal.cli.commands import (
 from foveal.config import ConfigError
 from foveal.data.export import CODECS, FRAME_FORMATS
 from foveal.model.heads import HEADS
+from foveal.model.pretrained import PretrainedError
 from foveal.model.targets import TARGETS
 from foveal.train.allocator import keep_large_buffers
 from foveal.train.checkpoint import CheckpointError
@@ -92,6 +94,13 @@ def add_study(sub) -> None:
     p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the table from --out")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study: finished runs kept")
     p.set_defaults(func=cmd_study)
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="a trained run as a Hugging Face style folder (config.json, model.safetensors)")
+    p.add_argument("run", help="a run folder (its newest valid checkpoint) or a checkpoint file")
+    p.add_argument("out", help="the folder to write; foveal.load(out) reads it back")
+    p.set_defaults(func=cmd_export)
 
 
 def add_train(sub) -> None:
@@ -224,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_bench_science,
         add_study,
         add_train,
+        add_export,
         add_heads,
         add_caption,
         add_eval,
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"foveal: config error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, FileNotFoundError, CheckpointError, RunFolderError) as e:
+    except (TrainingError, FileNotFoundError, CheckpointError, RunFolderError, PretrainedError) as e:
         print(f"foveal: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -23,6 +23,7 @@ from foveal.analysis.report import write_report
 from foveal.analysis.science import bench_science
 from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
+from foveal.api import load
 from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, replace
 from foveal.data.export import write_synthetic
 from foveal.model.build import target_shape
@@ -180,6 +181,13 @@ def cmd_train(args) -> None:
             f"{results['head']}: {results['steps']} steps, final {kind} ratio {results['final_ratio']:.4f}, "
             f"held-out {results['heldout_ratio']:.4f}; run folder {cfg.out_dir}"
         )
+
+
+def cmd_export(args) -> None:
+    folder = load(args.run).save_pretrained(args.out)
+    print(
+        f"wrote {folder}: config.json, model.safetensors and the tokenizer; load it with foveal.load({str(folder)!r})"
+    )
 
 
 def cmd_heads(args) -> None:
