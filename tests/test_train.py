@@ -16,8 +16,11 @@ import foveal.model.heads as heads
 from conftest import tiny_overrides
 from foveal.cli import main
 from foveal.config import ConfigError, load_config
-from foveal.data.dataset import micro_batch
+from foveal.data.dataset import build_datasets, micro_batch
+from foveal.data.latent_cache import LatentCache
+from foveal.model.backbones import fingerprint
 from foveal.model.build import build_model
+from foveal.model.targets.vae import encode_latents
 from foveal.train.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
 from foveal.train.loop import TrainingError, train
 from foveal.train.optim import param_groups
@@ -318,3 +321,21 @@ def test_outside_a_terminal_training_logs_a_progress_line_every_n_steps(tiny_cfg
     lines = [line for line in logs().splitlines() if ": step " in line]
     assert [line.split(",")[0] for line in lines] == ["film: step 2/4", "film: step 4/4"], lines
     assert all("recon ratio" in line and "s/step" in line for line in lines)
+
+
+def test_vae_latents_are_encoded_lazily_only_for_the_clips_a_run_touches(tmp_path):
+    """Start-up does not grow with the dataset: 2 steps x 2 x 2 clips touch 8 of the 64 training clips; those and
+    the held-out clips are encoded (bit for bit as `foveal precompute` encodes them) and nothing else."""
+    over = tiny_overrides(**{"train.steps": 2, "data.train_clips": 64})
+    cfg = load_config("tiny", overrides=[*over, f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"])
+    train(cfg)
+    model, _ = build_model(cfg)
+    vae = model.target.build_vae()
+    cache = LatentCache(cfg.cache_path, fingerprint(vae))
+    train_set, heldout_set = build_datasets(cfg)
+    keys = [train_set[i]["key"] for i in range(len(train_set))]
+    held = [heldout_set[i]["key"] for i in range(len(heldout_set))]
+    cached = [k for k in keys if LatentCache.entry(k) in cache.index]
+    assert len(cached) == 8 and not cache.missing(held) and len(cache.index) == 8 + len(held)
+    first = next(i for i, k in enumerate(keys) if k in cached)
+    assert torch.equal(cache.get([keys[first]])[0], encode_latents(vae, train_set[first]["frames"]))

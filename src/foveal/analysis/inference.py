@@ -76,4 +76,5 @@ def evaluate_modes(cfg: RunConfig, model, tokenizer, batch_size: int = 8) -> dic
         batch_size=batch_size,
         autoregressive=True,
     )
+    model.target.flush()
     return summarize(arrays, seed=cfg.train.seed)

@@ -24,6 +24,7 @@ def make_batch(raw: dict, device, caption: bool) -> Batch:
         caption_mask=raw["caption_mask"].to(device) if caption else None,
         index=raw["index"],
         keys=raw["keys"],
+        pixels=raw["frames"],
     )
 
 

@@ -71,6 +71,7 @@ class Batch:
     caption_mask: torch.Tensor | None = None  # [B, L+1] True on real tokens (eos included)
     index: torch.Tensor | None = None  # [B] dataset index of each clip
     keys: list[str] | None = None  # [B] clip keys (what cached targets are looked up by)
+    pixels: torch.Tensor | None = None  # [B, T, 3, H, W] uint8, the frames as read (a lazily encoded target's input)
 
 
 class FoveatedVLM(nn.Module):

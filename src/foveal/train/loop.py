@@ -393,6 +393,7 @@ def finish(run: Run) -> dict:
     cfg = run.cfg
     log.info(f"{cfg.model.head}: held-out evaluation on {len(run.heldout_set)} clips")
     arrays = heldout(run)
+    run.model.target.flush()  # lazily computed targets (VAE latents) into the cache
     summary = summarize(arrays, seed=cfg.train.seed)
     results = summarize_run(cfg, run.model, run.history, summary, run.kinds, run.nonfinite, run.elapsed())
     skipped = {**getattr(run.heldout_set, "skipped", {}), **getattr(run.train_set, "skipped", {})}

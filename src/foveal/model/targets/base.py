@@ -64,6 +64,9 @@ class Target(nn.Module):
     def forward(self, batch, cache) -> torch.Tensor:  # Batch, PatchCache -> [B, T, C, S, S], detached
         raise NotImplementedError
 
+    def flush(self) -> None:
+        """After training or evaluating: write out what was computed on the way (lazily encoded latents)."""
+
     def losses(self, pred: torch.Tensor, target: torch.Tensor) -> FrameLosses:
         return frame_losses(pred, target, self.loss_kind)
 

@@ -1,13 +1,16 @@
 """model.target = vae: the next frame's VAE latent (SD-VAE architecture), the posterior mean x scaling factor.
 
 Latents are encoded once per clip into the on-disk cache (data/latent_cache.py, keyed by the clip's pixels and the
-VAE's weights) and looked up by clip key, so a batch's targets are always its own clips'.
+VAE's weights) and looked up by clip key, so a batch's targets are always its own clips'. They are encoded lazily:
+a clip the first time a batch holds it (from the batch's own pixels, clip by clip, as `foveal precompute` does), so
+start-up does not grow with the dataset; `foveal precompute` fills the cache ahead for runs that want it warm.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,6 +68,7 @@ class VAETarget(Target):
             cfg.cache_path,
         )
         self.store: dict[str, torch.Tensor] = {}  # clip key -> latents [T, C, h, w] (not in the state dict)
+        self.lazy: LazyLatents | None = None  # set by prepare()
 
     @staticmethod
     def shape_for(cfg: RunConfig, encoder_width: int, patch_size: int) -> tuple[int, int, int]:
@@ -83,22 +87,54 @@ class VAETarget(Target):
         return build_vae(self.spec, self.frame_size, self.seed)
 
     def prepare(self, model, datasets: list, *, main: bool = True, barrier=None, out=None, fresh: bool = True) -> dict:
-        """Every clip's latents, encoded once into the cache (the main process encodes, the others then read)."""
-        names = ["train clips", "held-out clips"] if len(datasets) == 2 else ["clips"] * len(datasets)
+        """The VAE and the cache; nothing is encoded yet. Only the main process writes to the cache (the others keep
+        what they encode in memory)."""
         vae = self.build_vae()
-        fp = fingerprint(vae)
-        if main:
-            latents = [latents_for(d, vae, LatentCache(self.cache_dir, fp), name) for d, name in zip(datasets, names)]
-        if barrier is not None:
-            barrier()
-        if not main:  # the main process has written them: read its index afresh
-            latents = [latents_for(d, vae, LatentCache(self.cache_dir, fp), name) for d, name in zip(datasets, names)]
-        for d, x in zip(datasets, latents):
-            self.store.update(zip(dataset_keys(d), x))
+        self.lazy = LazyLatents(vae, LatentCache(self.cache_dir, fingerprint(vae)), writes=main)
         return {}
 
     def forward(self, batch, cache) -> torch.Tensor:
-        missing = [k for k in batch.keys if k not in self.store]
+        missing = [i for i, k in enumerate(batch.keys) if k not in self.store]
         if missing:
-            raise RuntimeError(f"vae target: no latents for {len(missing)} clips of this batch: call prepare() first")
+            if self.lazy is None:
+                raise RuntimeError("vae target: call prepare() before the first batch")
+            pixels = None if batch.pixels is None else batch.pixels.cpu()
+            self.store.update(self.lazy.latents([batch.keys[i] for i in missing], pixels, missing))
         return torch.stack([self.store[k] for k in batch.keys]).to(batch.frames.device)
+
+    def flush(self) -> None:
+        if self.lazy is not None:
+            self.lazy.flush()
+
+
+@dataclass
+class LazyLatents:
+    """Latents on demand: from the disk cache, else encoded now (and written out in shards of `shard` clips)."""
+
+    vae: object  # not an nn.Module attribute of the target: the frozen VAE is no part of the model's state
+    cache: LatentCache
+    writes: bool = True
+    shard: int = 256
+    pending: dict = field(default_factory=dict)
+    encoded: int = 0
+    from_cache: int = 0
+
+    def latents(self, keys: list[str], pixels: torch.Tensor | None, rows: list[int]) -> dict[str, torch.Tensor]:
+        """keys' latents; a key not cached is encoded from pixels[rows[j]] [T, 3, H, W], clip by clip."""
+        absent = set(self.cache.missing(keys))
+        cached = [k for j, k in enumerate(keys) if j not in absent]
+        out = dict(zip(cached, self.cache.get(cached))) if cached else {}
+        self.from_cache += len(cached)
+        for j in sorted(absent):
+            if pixels is None:
+                raise RuntimeError(f"vae target: clip {keys[j]} is not in the cache and the batch has no pixels")
+            out[keys[j]] = self.pending[keys[j]] = encode_latents(self.vae, pixels[rows[j]])
+            self.encoded += 1
+        if len(self.pending) >= self.shard:
+            self.flush()
+        return out
+
+    def flush(self) -> None:
+        if self.pending and self.writes:
+            self.cache.put(self.pending)
+        self.pending = {}
