@@ -31,6 +31,7 @@ class Published:
     steps: int | None = None
     above_1: float | None = None  # share of steps with ratio > 1
     source: str = ""
+    approx: bool = False  # reported as "~" (no run behind it in the results page's table)
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ ROWS = (
         "Cross-attention recon", "recon", "cross_attention", Published(1.00007, 834, 0.656, "results page"), "none"
     ),
     # results page, "FiLM with reconstruction-only: ratio ~ 1.0" (earlier runs, no step count)
-    StudyRow("FiLM recon", "recon", "film", Published(1.00, source="results page, earlier runs"), "none"),
+    StudyRow("FiLM recon", "recon", "film", Published(1.00, source="results page, earlier runs", approx=True), "none"),
     # results page: FiLM (joint recon+caption) ~1.17, ~100 % of steps > 1, "not directly comparable"
-    StudyRow("FiLM joint", "joint", "film", Published(1.17, None, 1.0, "results page, joint runs")),
+    StudyRow("FiLM joint", "joint", "film", Published(1.17, None, 1.0, "results page, joint runs", approx=True)),
     # reference-system.md 3.2, experiment_captioning_fast.py: caption_fine only, 800 steps, avg50 ratio 1.0518
     StudyRow("Caption only", "caption", "film", Published(1.0518, 800, None, "reference-system.md 3.2")),
     StudyRow(
@@ -149,9 +150,10 @@ def _published_line(row: StudyRow) -> str:
     p = row.published
     if p is None:
         return f"| **{row.name}** | study | not in the study | | | | | | |"
-    steps = str(p.steps) if p.steps else "n/a"
-    above = f"{100 * p.above_1:.1f}%" if p.above_1 is not None else "n/a"
-    return f"| **{row.name}** | study ({p.source}) | {steps} | {p.final_ratio:g} | {above} | n/a | n/a | n/a | n/a |"
+    steps, near = (str(p.steps) if p.steps else "n/a"), "~" if p.approx else ""
+    above = f"{near}{100 * p.above_1:.1f}%" if p.above_1 is not None else "n/a"
+    ratio = f"{near}{p.final_ratio:.2f}" if p.approx else f"{p.final_ratio:g}"
+    return f"| **{row.name}** | study ({p.source}) | {steps} | {ratio} | {above} | n/a | n/a | n/a | n/a |"
 
 
 def _arm_line(row: StudyRow, arm: str, r: dict) -> str:
