@@ -323,12 +323,14 @@ def test_outside_a_terminal_training_logs_a_progress_line_every_n_steps(tiny_cfg
     assert all("recon ratio" in line and "s/step" in line for line in lines)
 
 
-def test_vae_latents_are_encoded_lazily_only_for_the_clips_a_run_touches(tmp_path):
+def test_vae_latents_are_encoded_lazily_only_for_the_clips_a_run_touches(tmp_path, logs):
     """Start-up does not grow with the dataset: 2 steps x 2 x 2 clips touch 8 of the 64 training clips; those and
     the held-out clips are encoded (bit for bit as `foveal precompute` encodes them) and nothing else."""
     over = tiny_overrides(**{"train.steps": 2, "data.train_clips": 64})
     cfg = load_config("tiny", overrides=[*over, f"out_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"])
+    logs()
     train(cfg)
+    assert f"vae target: {8 + 8} clips encoded so far, 0 read from the cache" in logs()
     model, _ = build_model(cfg)
     vae = model.target.build_vae()
     cache = LatentCache(cfg.cache_path, fingerprint(vae))

@@ -230,7 +230,7 @@ def _per_seed(r: dict, name: str) -> str:
     return f"; per seed {min(values):.3f}-{max(values):.3f}" if values else ""
 
 
-def _protocol_part(row: StudyRow, arms: dict, kind: str) -> str:
+def _protocol_part(arms: dict, kind: str) -> str:
     """Seed arm against both-paths arm (identical but for the coarse loss), on one kind of ratio."""
     name = f"{kind}_ratio"
     seed, both = (_interval(arms[a], name) for a in ("seed", "both"))
@@ -298,7 +298,7 @@ def reading(row: StudyRow, results: dict) -> str:
         return "; ".join(parts)
     said, verdict = _looking_part(row, results)
     kinds = ("recon", "caption") if row.objective == "joint" else (row.kind,)
-    protocol = "; ".join(_protocol_part(row, results[row.name], k) for k in kinds)
+    protocol = "; ".join(_protocol_part(results[row.name], k) for k in kinds)
     caveat = " (the positive control is on recon)" if row.kind == "caption" else ""
     return f"{protocol}; {said}{caveat} -> the study's finding **{verdict}**"
 

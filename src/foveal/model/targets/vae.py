@@ -103,8 +103,13 @@ class VAETarget(Target):
         return torch.stack([self.store[k] for k in batch.keys]).to(batch.frames.device)
 
     def flush(self) -> None:
-        if self.lazy is not None:
-            self.lazy.flush()
+        """At the end of a run or evaluation: the pending latents to disk, and what this process encoded."""
+        if self.lazy is None:
+            return
+        self.lazy.flush()
+        done = self.lazy
+        if done.encoded or done.from_cache:
+            log.info(f"vae target: {done.encoded} clips encoded so far, {done.from_cache} read from the cache")
 
 
 @dataclass
