@@ -15,7 +15,7 @@ from foveal.data.export import write_frames, write_manifest, write_synthetic, wr
 from foveal.data.frames import resize_frames
 from foveal.data.loader import micro_batches
 from foveal.data.synthetic import render_clip
-from foveal.data.video import file_datasets, select_frames
+from foveal.data.video import file_datasets, select_frames, select_windows
 from foveal.evaluation.evaluate import make_batch
 from foveal.model.build import build_model
 from foveal.model.targets.vae import encode_latents
@@ -97,6 +97,51 @@ def test_windows_read_the_right_frames_from_a_video(tmp_path):
         d = data_cfg(tmp_path / "m.csv", **{"data.num_frames": 4, "data.window": window, "data.heldout_clips": 0})
         got = file_datasets(d, 32)[0][0]["frames"].permute(0, 2, 3, 1).numpy()
         np.testing.assert_array_equal(got, clip[frames], err_msg=window)
+
+
+def test_windows_per_video_cut_where_the_config_says():
+    """data.windows / data.window_stride on 48 frames at 8 fps (6 s), each window's frames relative to its start."""
+    times = np.arange(48) / 8
+
+    def cut(**kw):
+        return select_windows(times, 4, data_cfg("m.csv", **{f"data.{k}": v for k, v in kw.items()}))
+
+    assert cut() == [[0, 16, 31, 47]]  # one window: the whole video, as before
+    assert cut(windows=3) == [[0, 5, 10, 15], [16, 21, 26, 31], [32, 37, 42, 47]]  # three consecutive 2 s parts
+    assert cut(window_stride=2.5) == [[0, 6, 13, 19], [20, 26, 33, 39]]  # 2.5 s parts that fit whole: two
+    assert cut(window="fps:4", windows=3) == [[0, 2, 4, 6], [21, 23, 25, 27], [41, 43, 45, 47]]  # last one ends last
+    assert cut(window="first:1", window_stride=1.5) == [
+        [0, 3, 5, 8],
+        [12, 15, 17, 20],
+        [24, 27, 29, 32],
+        [36, 39, 41, 44],
+    ]
+    with pytest.raises(Exception, match="too few frames"):
+        cut(windows=13)  # 48 frames in 13 parts: 3 or 4 frames each, 4 needed
+
+
+def test_windows_are_clips_of_their_own_and_the_split_is_by_video(tmp_path):
+    """Six 24-frame videos cut in three windows each: 18 clips named <video>@<start>s with their own frames and keys;
+    the held-out videos keep all their windows and no video is on both sides."""
+    manifest = write_synthetic(tmp_path, videos=6, frames=24, size=32, codec="ffv1")
+    d = data_cfg(manifest, **{"data.num_frames": 4, "data.windows": 3, "data.heldout_clips": 2})
+    train, held = file_datasets(d, 32)
+    assert (len(train), len(held)) == (12, 6)
+    videos = {side: {c.video for c in ds.clips} for side, ds in (("train", train), ("held", held))}
+    assert len(videos["train"]) == 4 and len(videos["held"]) == 2 and not videos["train"] & videos["held"]
+    assert {c.name for c in held.clips} == {f"{v}@{s}s" for v in videos["held"] for s in (0, 1, 2)}
+    assert len(set(train.keys()) | set(held.keys())) == 18
+    video = held.clips[0].video
+    frames = render_clip(SynthSpec(), 32, 24, 0, int(video.split("_")[1])).frames
+    for k, start in enumerate((0, 8, 16)):  # window k: frames start + [0, 2, 5, 7]
+        item = held[[c.name for c in held.clips].index(f"{video}@{k}s")]
+        np.testing.assert_array_equal(
+            item["frames"].permute(0, 2, 3, 1).numpy(), frames[[start + i for i in (0, 2, 5, 7)]]
+        )
+    with pytest.raises(ConfigError, match="give one"):
+        data_cfg(manifest, **{"data.windows": 2, "data.window_stride": 1.0})
+    with pytest.raises(ConfigError, match="synthetic clips"):
+        load_config("tiny", overrides=["data.windows=2"])
 
 
 def test_long_video_seeks_to_the_same_frames(tmp_path, monkeypatch):

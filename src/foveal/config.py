@@ -162,12 +162,17 @@ class DataConfig:
     seed: int = 0  # which synthetic clips (the training seed changes init and order, not the data)
     num_frames: int = 8
     train_clips: int = 256  # synthetic: clips generated for training; files: cap on clips used (0 = all)
-    heldout_clips: int = 64  # clips never trained on, for held-out numbers (files: see heldout_fraction)
+    heldout_clips: int = 64  # clips never trained on, for held-out numbers (files: videos, each with all its
+    #                          windows; see heldout_fraction)
     heldout_fraction: float | None = None  # files: held out iff the id's hash, in [0, 1), is below this (null: the
     #                                        heldout_clips listed clips whose ids hash lowest)
     window: str = "clip"  # "clip": T frames evenly over the clip (linspace, rounded; "clip:floor": truncated, as
     #                       the seed study picked 8 of 16: 0,2,4,6,8,10,12,15) | "first:<seconds>": evenly over them
     #                       | "fps:<rate>": T frames 1/rate s apart
+    windows: int = 1  # files: clips per video; each takes its T frames by data.window: 'clip' splits the video
+    #                  into this many consecutive parts, 'first:'/'fps:' windows start evenly from 0 to the end
+    window_stride: float = 0.0  # files: > 0 starts a window every this many seconds instead, as many as fit ('clip'
+    #                              windows are then this long); each window is a clip of its own, id <video>@<start>s
     frame_rate: float = 8.0  # frame folders: their extraction rate (fVLM frame folders: 8 fps, per patch_prediction)
     resize: str = "crop"  # "crop" (short side, then centre crop) | "squash"
     frame_gap: int = 1  # synthetic: render steps between consecutive frames (0: a still clip); files: use window
@@ -559,7 +564,24 @@ def _check_data(cfg: RunConfig) -> None:
             "data.frame_gap: only synthetic clips are rendered with a gap; for video files the gap between frames "
             "is set by data.window (fps:<rate> puts 1/rate s between frames)"
         )
+    _check_windows(d)
     _check_synthetic(d.synthetic)
+
+
+def _check_windows(d: DataConfig) -> None:
+    positive("data.windows", d.windows)
+    if d.window_stride < 0:
+        raise ConfigError(f"data.window_stride: seconds between window starts, >= 0 (0 = off), got {d.window_stride}")
+    if d.windows > 1 and d.window_stride:
+        raise ConfigError(
+            "data.windows and data.window_stride: give one, a count of windows per video or the seconds between their "
+            "starts (set the other to its default: windows=1, window_stride=0)"
+        )
+    if (d.windows > 1 or d.window_stride) and d.source == "synthetic":
+        raise ConfigError(
+            "data.windows / data.window_stride: cut windows from video files; synthetic clips are generated one per "
+            "clip (set data.train_clips for more)"
+        )
 
 
 def _check_train(cfg: RunConfig) -> None:

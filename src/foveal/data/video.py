@@ -11,6 +11,9 @@ data.source is either
 A file reached by two spellings (`./a.mp4`, `x/../a.mp4`, an absolute path) is one clip: listed clips are
 de-duplicated by resolved path, and a clip named by its path is named by the path relative to the manifest folder.
 
+A long video gives several clips when data.windows (a count) or data.window_stride (seconds) cuts it into windows,
+each its own clip id (<video>@<start>s) and cache entry; the held-out split is by video.
+
 Every clip is probed when the dataset is built (it opens, has T frames in the window, its first and last sampled
 frames decode). A clip that fails is skipped with a warning naming it and the reason, and counted in
 `dataset.skipped` (reason -> names). A clip that still fails to decode later is served by the next good clip
@@ -93,6 +96,11 @@ class Clip:
     kind: str = ""  # after probing: "video" | "frames"
     frames: list = field(default_factory=list)  # after probing: pts to decode (video) or image files (frames)
     key: str = ""  # clip identity + the exact sampled frames + resize + size (the latent cache's key)
+    video: str = ""  # the video the clip was cut from (its name unless data.windows cuts several): the held-out
+    #                  split is by video, so no video has windows on both sides
+
+    def __post_init__(self):
+        self.video = self.video or self.name
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,6 +259,44 @@ def select_frames(times: np.ndarray, num_frames: int, window: str) -> list[int]:
     return (positions if window == "clip:floor" else positions.round()).astype(int).tolist()
 
 
+def window_starts(times: np.ndarray, num_frames: int, d: DataConfig) -> list[int]:
+    """Where each window of a video starts (indices into times, seconds from its start, ascending) and, for 'clip'
+    windows, where it ends: [(start, stop)]. One window of the whole video unless data.windows / data.window_stride
+    cut more: 'clip' windows are consecutive parts (N equal ones, or stride-long ones that fit whole); 'first:<s>' and
+    'fps:<r>' windows start evenly from 0 to the last start that fits (N of them) or every stride seconds."""
+    n = len(times)
+    step = float(np.median(np.diff(times))) if n > 1 else 0.0  # the last frame lasts one frame interval
+    end = times[-1] + step if n else 0.0
+    if d.windows == 1 and not d.window_stride:
+        return [(0, n)]
+    if d.window.startswith("clip"):
+        if d.window_stride:
+            edges = np.arange(0.0, end - d.window_stride + 1e-6, d.window_stride)
+            return [tuple(np.searchsorted(times, [a - 1e-6, a + d.window_stride - 1e-6])) for a in edges]
+        bounds = np.linspace(0, n, d.windows + 1).astype(int)
+        return list(zip(bounds[:-1], bounds[1:]))
+    kind, _, value = d.window.partition(":")
+    span = float(value) if kind == "first" else (num_frames - 1) / float(value)
+    last = times[-1] - span + 1e-6 if n else -1.0
+    if last < 0:
+        return [(0, n)]  # too short for one window: select_frames says so
+    starts = np.arange(0.0, last, d.window_stride) if d.window_stride else np.linspace(0.0, last, d.windows)
+    return [(int(np.searchsorted(times, a - 1e-6)), n) for a in starts]
+
+
+def select_windows(times: np.ndarray, num_frames: int, d: DataConfig) -> list[list[int]]:
+    """The frame indices of each window (select_frames within it, relative to its first frame); windows that pick
+    the same frames as an earlier one are dropped. A window without enough frames makes the video a BadClip."""
+    chosen, seen = [], set()
+    for start, stop in window_starts(times, num_frames, d):
+        local = times[start:stop] - (times[start] if stop > start else 0.0)
+        idx = tuple(int(start) + i for i in select_frames(local, num_frames, d.window))
+        if idx not in seen:
+            seen.add(idx)
+            chosen.append(list(idx))
+    return chosen
+
+
 def video_timestamps(path: Path) -> tuple[np.ndarray, float]:
     """(every frame's pts in presentation order, seconds per pts unit), from the packets alone (no decoding).
     A file that holds fewer frames, or ends earlier, than its own header declares is truncated."""
@@ -332,8 +378,9 @@ def to_model_frames(arrays: list[np.ndarray], size: int, mode: str) -> torch.Ten
     return torch.cat([resize_frames(f[None], size, mode) for f in frames])  # frames of different sizes: rare
 
 
-def probe(clip: Clip, d: DataConfig, frame_size: int) -> Clip:
-    """Choose the clip's T frames and check they can be read; raises BadClip naming the reason."""
+def probe(clip: Clip, d: DataConfig, frame_size: int) -> list[Clip]:
+    """Choose each window's T frames and check they can be read: the video's clips (one unless data.windows /
+    data.window_stride cut more); raises BadClip naming the reason."""
     path = clip.path
     if not path.exists():
         raise BadClip("missing file", str(path))
@@ -342,40 +389,58 @@ def probe(clip: Clip, d: DataConfig, frame_size: int) -> Clip:
             raise BadClip(
                 "folder named like a video", f"{path} is a directory, not a {path.suffix} file; point at the file"
             )
-        files = sorted(
-            (f for f in path.iterdir() if f.name.startswith("frame_") and f.suffix.lower() in IMAGE_EXTS),
-            key=lambda f: (int(re.sub(r"\D", "", f.stem) or 0), f.name),  # frame_2 before frame_10
-        )
-        chosen = [files[i] for i in select_frames(np.arange(len(files)) / d.frame_rate, d.num_frames, d.window)]
-        for f in chosen:
-            if f.stat().st_size == 0:
-                raise BadClip("unreadable image", f"{f.name}: zero-byte file")
-            try:
-                read_images([f])
-            except Exception as e:
-                raise BadClip("unreadable image", f"{f.name}: {type(e).__name__}: {e}") from e
-        identity = ",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in chosen)
-        kind, frames = "frames", chosen
+        kind, (windows, starts) = "frames", _probe_frames(path, d)
+        identity = [",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in w) for w in windows]
     else:
-        ext = path.suffix.lower()
-        if ext not in VIDEO_EXTS:
-            raise BadClip("unknown extension", f"{ext or 'no extension'}; videos: {', '.join(VIDEO_EXTS)}")
+        kind, (windows, starts) = "video", _probe_video(path, d)
         stat = path.stat()
-        if stat.st_size == 0:
-            raise BadClip("zero-byte file")
-        try:
-            pts, time_base = video_timestamps(path)
-            frames = [int(pts[i]) for i in select_frames((pts - pts[0]) * time_base, d.num_frames, d.window)]
-            read_video(path, [frames[0], frames[-1]])
-        except BadClip:
-            raise
-        except Exception as e:
-            raise BadClip("unreadable video", f"{type(e).__name__}: {e}") from e
-        identity = f"{stat.st_size}:{stat.st_mtime_ns}:pts={','.join(map(str, frames))}"
-        kind = "video"
+        identity = [f"{stat.st_size}:{stat.st_mtime_ns}:pts={','.join(map(str, w))}" for w in windows]
     rate = f"|rate={d.frame_rate:g}" if kind == "frames" else ""
-    key = f"{kind}|{path.resolve()}|{identity}|T={d.num_frames}|window={d.window}{rate}|{d.resize}|{frame_size}"
-    return Clip(clip.name, path, clip.caption, kind, frames, key)
+    clips = []
+    for frames, ident, start in zip(windows, identity, starts):
+        name = clip.name if len(windows) == 1 and d.windows == 1 and not d.window_stride else f"{clip.name}@{start:g}s"
+        key = f"{kind}|{path.resolve()}|{ident}|T={d.num_frames}|window={d.window}{rate}|{d.resize}|{frame_size}"
+        clips.append(Clip(name, path, clip.caption, kind, frames, key, video=clip.name))
+    return clips
+
+
+def _probe_frames(path: Path, d: DataConfig) -> tuple[list[list[Path]], list[float]]:
+    """Each window's image files and its start in seconds; every chosen image is read once."""
+    files = sorted(
+        (f for f in path.iterdir() if f.name.startswith("frame_") and f.suffix.lower() in IMAGE_EXTS),
+        key=lambda f: (int(re.sub(r"\D", "", f.stem) or 0), f.name),  # frame_2 before frame_10
+    )
+    times = np.arange(len(files)) / d.frame_rate
+    chosen = select_windows(times, d.num_frames, d)
+    windows = [[files[i] for i in w] for w in chosen]
+    for f in dict.fromkeys(f for w in windows for f in w):  # every chosen image once, in order
+        if f.stat().st_size == 0:
+            raise BadClip("unreadable image", f"{f.name}: zero-byte file")
+        try:
+            read_images([f])
+        except Exception as e:
+            raise BadClip("unreadable image", f"{f.name}: {type(e).__name__}: {e}") from e
+    return windows, [round(float(times[w[0]]), 3) for w in chosen]
+
+
+def _probe_video(path: Path, d: DataConfig) -> tuple[list[list[int]], list[float]]:
+    """Each window's pts and its start in seconds; the first and the last chosen frames are decoded."""
+    ext = path.suffix.lower()
+    if ext not in VIDEO_EXTS:
+        raise BadClip("unknown extension", f"{ext or 'no extension'}; videos: {', '.join(VIDEO_EXTS)}")
+    if path.stat().st_size == 0:
+        raise BadClip("zero-byte file")
+    try:
+        pts, time_base = video_timestamps(path)
+        times = (pts - pts[0]) * time_base
+        chosen = select_windows(times, d.num_frames, d)
+        windows = [[int(pts[i]) for i in w] for w in chosen]
+        read_video(path, [windows[0][0], max(w[-1] for w in windows)])
+    except BadClip:
+        raise
+    except Exception as e:
+        raise BadClip("unreadable video", f"{type(e).__name__}: {e}") from e
+    return windows, [round(float(times[w[0]]), 3) for w in chosen]
 
 
 def load_frames(clip: Clip, size: int, mode: str) -> torch.Tensor:
@@ -388,7 +453,7 @@ def read_clip(path: str | Path, d: DataConfig, frame_size: int) -> dict:
     raises a clear error instead of being skipped."""
     path = Path(path)
     try:
-        clip = probe(Clip(path.stem, path), d, frame_size)
+        clip = probe(Clip(path.stem, path), d, frame_size)[0]  # its first window
     except BadClip as e:
         raise FileNotFoundError(f"{path}: {e}") from e
     return {"frames": load_frames(clip, frame_size, d.resize), "caption": "", "key": clip.key, "index": 0}
@@ -435,9 +500,10 @@ class VideoClips(Dataset):
 
 
 def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips) -> list[Clip]:
-    """Probe every clip (a few threads: PyAV and PIL release the GIL); the usable ones, in listing order."""
+    """Probe every video (a few threads: PyAV and PIL release the GIL); the usable clips (each video's windows),
+    in listing order."""
 
-    def one(clip: Clip) -> Clip | BadClip:
+    def one(clip: Clip) -> list[Clip] | BadClip:
         try:
             return probe(clip, d, frame_size)
         except BadClip as e:
@@ -455,7 +521,7 @@ def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips
         if isinstance(result, BadClip):
             skipped.add(result.reason, clip.name, result.detail)
         else:
-            usable.append(result)
+            usable.extend(result)
     return usable
 
 
@@ -469,14 +535,15 @@ def heldout_names(listed: list[Clip], count: int, fraction: float | None = None)
     another into (or out of) the held-out set. fraction set: held out iff id_hash(id) < fraction (a function of each
     id alone). Else the `count` listed ids with the lowest id_hash (exactly count when every clip probes; a failing
     held-out clip just leaves the held-out set one smaller)."""
+    videos = sorted({c.video for c in listed})
     if fraction is not None:
-        return {c.name for c in listed if id_hash(c.name) < fraction}
-    return {c.name for c in sorted(listed, key=lambda c: id_hash(c.name))[:count]}
+        return {v for v in videos if id_hash(v) < fraction}
+    return set(sorted(videos, key=id_hash)[:count])
 
 
 def heldout_split(clips: list[Clip], held: set[str]) -> tuple[list[Clip], list[Clip]]:
-    """(train, held-out), both in listing order."""
-    return [c for c in clips if c.name not in held], [c for c in clips if c.name in held]
+    """(train, held-out), both in listing order; `held` names videos (all of a video's windows go one way)."""
+    return [c for c in clips if c.video not in held], [c for c in clips if c.video in held]
 
 
 _BUILT: dict = {}  # compare builds the datasets once per head: probe once per process
@@ -496,9 +563,10 @@ def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClip
             f"data.source: no usable clip in {d.source} ({len(listed)} listed; skipped: {skipped.summary()}); "
             f"see the warnings above"
         )
-    if d.heldout_fraction is None and d.heldout_clips >= len(clips):
+    videos = len({c.video for c in clips})
+    if d.heldout_fraction is None and d.heldout_clips >= videos:
         raise ConfigError(
-            f"data.heldout_clips: {d.heldout_clips} held-out clips leave none of the {len(clips)} usable clips of "
+            f"data.heldout_clips: {d.heldout_clips} held-out videos leave none of the {videos} usable videos of "
             f"{d.source} for training; lower it"
         )
     train, heldout = heldout_split(clips, heldout_names(listed, d.heldout_clips, d.heldout_fraction))
@@ -515,8 +583,9 @@ def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClip
         train = train[: d.train_clips]
     if _main_process():
         skips = sum(skipped.counts().values())
+        cut = f" cut from {videos} videos" if videos != len(clips) else ""
         log.info(
-            f"data: {d.source}: {len(clips)} usable clips ({len(train)} train, {len(heldout)} held-out); "
+            f"data: {d.source}: {len(clips)} usable clips{cut} ({len(train)} train, {len(heldout)} held-out); "
             f"skipped {skips}" + (f": {skipped.summary()}" if skips else "")
         )
     out = VideoClips(train, frame_size, d.resize, skipped), VideoClips(heldout, frame_size, d.resize, skipped)
