@@ -10,11 +10,12 @@ import torch
 
 from foveal.analysis.aggregate import look_metrics
 from foveal.analysis.compare import CONTROL_MODELS, planned_runs
-from foveal.analysis.viz import analyse, heldout_clip
+from foveal.analysis.viz import heldout_clip
 from foveal.cli import build_parser
 from foveal.config import ConfigError, load_config
 from foveal.data.synthetic import COLOURS, patch_masks, render_clip, target_attributes
 from foveal.evaluation.controls import region_mse
+from foveal.evaluation.pictures import analyse
 from foveal.evaluation.stats import gain_captured, oracle_headroom
 from foveal.evaluation.summary import summarize
 from foveal.model.build import build_model

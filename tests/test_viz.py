@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from foveal.analysis.viz import Clip, analyse, draw_attention, headline, load_clip, patch_maps, summary
+from foveal.analysis.viz import load_clip
 from foveal.cli import main
 from foveal.config import load_config, replace
 from foveal.data.frames import encoder_input
+from foveal.evaluation.pictures import Clip, analyse, draw_attention, headline, patch_maps, summary
 from foveal.model.backbones import build_vae
 from foveal.model.build import build_model
 from foveal.train.checkpoint import atomic_save, model_state

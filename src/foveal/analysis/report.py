@@ -19,8 +19,9 @@ import yaml
 from matplotlib.ticker import MaxNLocator
 
 from foveal.analysis.inference import load_run
-from foveal.analysis.plotting import subplots
-from foveal.analysis.viz import analyse, heldout_clip, summary, write_viz
+from foveal.analysis.viz import heldout_clip, write_viz
+from foveal.evaluation.pictures import analyse, summary
+from foveal.evaluation.plotting import subplots
 from foveal.model.backbones import build_vae
 from foveal.train.checkpoint import latest
 

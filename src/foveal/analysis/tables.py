@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from foveal.analysis.export import strict_json, write_csv
-from foveal.analysis.plotting import subplots
 from foveal.config import RunConfig
+from foveal.evaluation.plotting import subplots
 
 NAN = float("nan")
 
