@@ -202,7 +202,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # global norm; 0 = off
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
     seed: int = 0
-    eval_every: int = 0  # held-out evaluation every N steps (0 = only at the end)
+    eval_every: int = 100  # held-out evaluation every N steps into metrics.jsonl and the dashboards, eval/ (0: only
+    #                        at the end; ~3 s for 64 tiny clips on 2 cores)
     log_every: int = 50  # outside a terminal (nohup, Slurm), where no progress bar shows: a log line every N steps
     ckpt_every: int = 100
     keep_last: int = 2
@@ -210,6 +211,11 @@ class TrainConfig:
     max_caption_tokens: int = 32
     tensorboard: bool = True
     wandb: bool = False
+    wandb_project: str = "foveal"
+    wandb_entity: str = ""  # "" = W&B's default (your user)
+    wandb_name: str = ""  # "" = the run folder's name (compare: <head>[-<control>][/seed-<s>])
+    wandb_group: str = ""  # "" = none (compare: its output folder's name, so its models show as one group)
+    wandb_tags: list[str] = field(default_factory=list)
     encoder_cache: bool = False  # frozen encoder: keep patch K/V per clip in memory (bounded)
     encoder_cache_mib: int = 4096
     deterministic: bool = True

@@ -21,6 +21,7 @@ from foveal.analysis.aggregate import aggregate, run_metrics
 from foveal.analysis.report import write_report
 from foveal.analysis.tables import write_summary
 from foveal.config import RunConfig, replace
+from foveal.jsonio import load_numbers
 from foveal.train import distributed
 from foveal.train.loop import train
 
@@ -44,7 +45,7 @@ def read_run(folder: Path) -> tuple[dict, dict]:
             "comparison was run with (--controls none for one without control models)"
         )
     arrays = {k: v.numpy() for k, v in torch.load(folder / "heldout_losses.pt").items()}
-    return json.loads((folder / "results.json").read_text()), arrays
+    return load_numbers(folder / "results.json"), arrays
 
 
 def control_run(run: RunConfig, control: str, coarse_weight: float) -> dict:
@@ -78,7 +79,14 @@ def planned_runs(cfg: RunConfig, heads: list[str], out: Path, seeds: int, contro
             for control in controls_for(cfg, head, heads, controls):
                 over = control_run(run, control, cfg.train.coarse_weight)
                 runs.append(replace(run, **over, out_dir=str(run_dir(out, head, seed, seeds, control))))
-    return runs
+    return [wandb_named(r, out) for r in runs] if cfg.train.wandb else runs
+
+
+def wandb_named(run: RunConfig, out: Path) -> RunConfig:
+    """In W&B a comparison is one group (its folder's name unless given) and each model is named by its folder."""
+    t, folder = run.train, Path(run.out_dir).relative_to(out).as_posix()
+    name = f"{t.wandb_name}/{folder}" if t.wandb_name else folder
+    return replace(run, train={"wandb_group": t.wandb_group or out.name, "wandb_name": name})
 
 
 def finished(run: RunConfig) -> bool:

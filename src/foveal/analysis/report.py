@@ -22,6 +22,7 @@ from foveal.analysis.inference import load_run
 from foveal.analysis.viz import heldout_clip, write_viz
 from foveal.evaluation.pictures import analyse, summary
 from foveal.evaluation.plotting import subplots
+from foveal.jsonio import load_numbers, loads_numbers
 from foveal.model.backbones import build_vae
 from foveal.train.checkpoint import latest
 
@@ -54,7 +55,7 @@ def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [loads_numbers(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -326,7 +327,7 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     log.info(f"report: writing {folder / 'report.html'} ({len(runs)} run(s))")
     assets = folder / ASSETS
     assets.mkdir(exist_ok=True)
-    results = {n: json.loads((p / "results.json").read_text()) for n, p in runs.items()}
+    results = {n: load_numbers(p / "results.json") for n, p in runs.items()}
     metrics = {n: read_metrics(p) for n, p in runs.items()}
     kinds = kinds_of(results)
     first = next(iter(runs.values()))
@@ -355,7 +356,7 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     body.append("<h2>Gallery: where it looks</h2>")
     body.append(
         "<p>Held-out clips. Each row: frame t under the coarse (static) and the fine (LLM-chosen) query's attention "
-        "(last layer, mean over heads; + marks the peak, the green box the captioned target, CLS share in the "
+        "(last layer, mean over heads; + marks the peak, the violet box the captioned target, CLS share in the "
         "title), then frame t+1: the true latent, the coarse and fine predictions made with what was read from "
         "frame t, and the copy-last baseline, each with its MSE. <code>foveal viz</code> draws any clip.</p>"
     )

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from foveal.analysis.compare import compare
-from foveal.analysis.export import strict_json
 from foveal.analysis.tables import interval_note, tables
 from foveal.config import RunConfig, replace
+from foveal.jsonio import strict_json
 
 
 def verdict(metric: dict | None, threshold: float = 1.0) -> str:

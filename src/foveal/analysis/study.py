@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foveal.analysis.compare import planned_runs, rows_from, train_all
-from foveal.analysis.export import strict_json
 from foveal.analysis.tables import COPY_NOTE, cell, coarse_worse_than_copy
 from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, replace
+from foveal.jsonio import strict_json
 from foveal.train import distributed
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from foveal.analysis.export import strict_json, write_csv
+from foveal.analysis.export import write_csv
 from foveal.config import RunConfig
 from foveal.evaluation.plotting import subplots
+from foveal.jsonio import strict_json
 
 NAN = float("nan")
 

@@ -15,7 +15,6 @@ import yaml
 
 from foveal.analysis.bench import bench, format_table
 from foveal.analysis.compare import compare
-from foveal.analysis.export import strict_json
 from foveal.analysis.inference import caption_clips, evaluate_modes, load_clip, load_run
 from foveal.analysis.info import describe
 from foveal.analysis.precompute import precompute
@@ -26,6 +25,7 @@ from foveal.analysis.viz import visualize
 from foveal.api import load
 from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, replace
 from foveal.data.export import write_synthetic
+from foveal.jsonio import strict_json
 from foveal.model.build import target_shape
 from foveal.model.heads import HEADS, build_head
 from foveal.model.targets import TARGETS
@@ -68,6 +68,15 @@ def flag_overrides(args: argparse.Namespace, flags=CONFIG_FLAGS) -> dict:
     return o
 
 
+WANDB_FLAGS = {
+    "project": "project (default foveal)",
+    "entity": "entity: a team or user (default yours)",
+    "name": "run name (default the run folder's; compare: <head>[/seed-<s>])",
+    "group": "group (compare: default its output folder's name)",
+    "tags": "tags, comma-separated",
+}
+
+
 def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
     p.add_argument("--preset", default=None, help=f"named preset (default {default_preset})")
     p.add_argument("--config", default=None, help="YAML run config (e.g. a run folder's config.yaml)")
@@ -96,6 +105,8 @@ def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "ti
     p.add_argument("--llm", default=None, help="LLM weights: hub id, folder, .gguf or smollm2-gguf")
     p.add_argument("--vae", default=None, help="VAE weights: hub id or folder")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (WANDB_MODE=offline works)")
+    for key, what in WANDB_FLAGS.items():
+        p.add_argument(f"--wandb-{key}", default=None, help=f"W&B {what} (implies --wandb)")
     p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars (CI)")
     p.add_argument("--overwrite", action="store_true", help="start afresh where a run already has checkpoints")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.num_frames=16")
@@ -108,8 +119,12 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
             o.setdefault("model", {}).setdefault(name, {})["source"] = getattr(args, name)
             if name == "llm":
                 o["model"]["llm"]["tokenizer"] = args.llm
-    if getattr(args, "wandb", False):
+    chosen = {k: getattr(args, f"wandb_{k}", None) for k in WANDB_FLAGS}
+    if getattr(args, "wandb", False) or any(v is not None for v in chosen.values()):
         o.setdefault("train", {})["wandb"] = True
+    for key, value in chosen.items():
+        if value is not None:
+            o["train"][f"wandb_{key}"] = [t for t in value.split(",") if t] if key == "tags" else value
     if getattr(args, "overwrite", False):
         o["overwrite"] = True
     if getattr(args, "protocol", None):

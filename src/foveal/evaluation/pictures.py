@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from matplotlib import patheffects
 from matplotlib.patches import Rectangle
 
 from foveal.config import RunConfig
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 PASSES = ("coarse", "fine")
 NEXT = ("true", "coarse", "fine", "copy")  # the next-frame panels
+ATTENTION_CMAP = "inferno"  # perceptually uniform, dark to bright; drawn only above the uniform share
+BOX_COLOUR = (105 / 255, 0, 135 / 255)  # the RGB colour farthest from every synthetic palette colour (and black)
 NEXT_TITLES = {"true": "true", "coarse": "coarse pred", "fine": "fine pred", "copy": "copy-last"}
 
 
@@ -62,6 +65,18 @@ class ClipView:
 
 # ---------------------------------------------------------------------------------------------------------------------
 # the numbers
+
+
+def dataset_clip(dataset, i: int, name: str) -> Clip:
+    """Item i of a dataset as a Clip; with the target's box (frame pixels) and mask where it has ground truth."""
+    item = dataset[i]
+    if not hasattr(dataset, "clip"):  # video files: no ground truth
+        return Clip(item["frames"], name, item.get("caption", ""))
+    truth = dataset.clip(i)
+    scale = item["frames"].shape[-1] / truth.frames.shape[1]  # ground truth is in render pixels
+    return Clip(
+        item["frames"], name, item["caption"], truth.boxes[:, truth.target] * scale, truth.masks[:, truth.target]
+    )
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:  # [-1, 1] -> uint8
@@ -97,13 +112,15 @@ def oracle_bias(model, clip: Clip, frame_size: int) -> torch.Tensor | None:
 @torch.no_grad()
 def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = None) -> ClipView:
     """One forward (coarse, then fine) over the clip with the attention kept; losses and pictures of the next-frame
-    predictions when the run predicts VAE latents and a VAE is given."""
+    predictions when the run predicts pixels, or VAE latents and a VAE is given."""
     device = next(model.parameters()).device
     frames = clip.frames.to(device)
-    targets = None
+    batch = Batch(encoder_input(frames)[None])
     if cfg.model.target == "vae" and vae is not None:
-        targets = encode_latents(vae, frames)[None]  # [1, T, C, h, w]
-    batch = Batch(encoder_input(frames)[None], targets)
+        batch.targets = encode_latents(vae, frames)[None]  # [1, T, C, h, w]
+    elif cfg.model.target == "pixels":
+        batch.targets = model.target(batch, None)  # [1, T, 3, s, s] pooled frames in [-1, 1]
+    targets = batch.targets
     was_training = model.training
     model.eval()
     # a coarse-only model (fine_iterations 0) still has the query path: drawn for comparison, marked untrained
@@ -121,11 +138,14 @@ def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = N
         coarse, fine = score(model, out, batch, ("recon",))
         losses = {"coarse": coarse.recon[0].float().cpu(), "fine": fine[-1].recon[0].float().cpu()}
         losses["copy"] = (copy.float() - targets.float()).pow(2).flatten(2).mean(-1)[0].cpu()
-        decode = cfg.model.vae.source != "random" if decode is None else decode
         stack = torch.cat([targets, passes["coarse"].pred, passes["fine"].pred, copy])  # [4, T, C, h, w]
-        flat = latent_pictures(stack.flatten(0, 1).to(device), vae, decode).cpu()
+        if cfg.model.target == "pixels":  # already a picture
+            flat, view = _to_uint8(stack.flatten(0, 1)).cpu(), "pooled pixels"
+        else:
+            decode = cfg.model.vae.source != "random" if decode is None else decode
+            flat = latent_pictures(stack.flatten(0, 1).to(device), vae, decode).cpu()
+            view = "decoded" if decode else "latent channels 0-2"
         pictures = dict(zip(NEXT, flat.unflatten(0, (4, -1))))
-        view = "decoded" if decode else "latent channels 0-2"
     patch = model.encoder.patch_size
     grid = cfg.model.frame_size // patch
     return ClipView(clip, attention, patch, grid, losses, pictures, view, cfg.train.fine_iterations > 0)
@@ -184,9 +204,9 @@ def draw_attention(ax, frame: torch.Tensor, m: torch.Tensor, patch: int, vmax: f
     # opaque only above the uniform share 1/g^2, fully so at twice it: a flat map leaves the frame visible
     uniform = 1.0 / values.size
     alpha = 0.8 * np.clip((values - uniform) / max(vmax - uniform, uniform), 0, 1)
-    ax.imshow(
+    shown = ax.imshow(
         values,
-        cmap="inferno",
+        cmap=ATTENTION_CMAP,
         vmin=0,
         vmax=vmax,
         alpha=alpha,
@@ -197,22 +217,22 @@ def draw_attention(ax, frame: torch.Tensor, m: torch.Tensor, patch: int, vmax: f
         ax.plot([covered, covered, 0], [0, covered, covered], color="w", lw=0.6, ls="--")
     if box is not None:
         x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", lw=1.2))
-    x, y = peak_xy(m, patch)
-    ax.plot([x], [y], marker="+", color="cyan", ms=9, mew=1.5)
+        rect = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=BOX_COLOUR, lw=1.4)
+        rect.set_path_effects([patheffects.withStroke(linewidth=3.2, foreground="white")])
+        ax.add_patch(rect)
+    x, y = peak_xy(m, patch)  # white on black: visible on any colour, the objects' own included
+    ax.plot([x], [y], marker="+", color="black", ms=10, mew=3.6)
+    ax.plot([x], [y], marker="+", color="white", ms=8, mew=1.4)
     ax.set_xlim(0, size)
     ax.set_ylim(size, 0)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
+    return shown
 
 
-def draw_picture(ax, picture: torch.Tensor | None, title: str) -> None:
-    if picture is None:
-        ax.text(0.5, 0.5, "no next frame", ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
-        ax.axis("off")
-    else:
-        ax.imshow(_hwc(picture), interpolation="nearest")
+def draw_picture(ax, picture: torch.Tensor, title: str) -> None:
+    ax.imshow(_hwc(picture), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
@@ -229,14 +249,16 @@ def draw_row(axes, view: ClipView, t: int, maps: dict, cls: dict, label: str) ->
     for ax, k in zip(axes, PASSES):
         peak = float(maps[k][t].max()) * maps[k][t].numel()
         title = f"frame {t}: {k}\nCLS {100 * float(cls[k][t]):.0f}%, peak {peak:.1f}x uniform"
-        draw_attention(ax, frame, maps[k][t], view.patch, vmax, box, title)
+        shown = draw_attention(ax, frame, maps[k][t], view.patch, vmax, box, title)
+    bar = axes[0].figure.colorbar(shown, ax=list(axes[: len(PASSES)]), shrink=0.8, pad=0.01, aspect=15)
+    bar.set_label("attention share", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
     axes[0].set_ylabel(label, fontsize=8)
     if not view.pictures:
         return
-    last = t + 1 >= len(view.clip.frames)
     for ax, k in zip(axes[len(PASSES) :], NEXT):
-        if last:
-            draw_picture(ax, None, f"frame {t + 1}: {NEXT_TITLES[k]}")
+        if t + 1 >= len(view.clip.frames):  # the last frame has no next frame to predict: its panels stay empty
+            ax.axis("off")
             continue
         mse = "" if k == "true" else f"  mse {float(view.losses[k][t + 1]):.4f}"
         draw_picture(ax, view.pictures[k][t + 1], f"{t + 1}: {NEXT_TITLES[k]}{mse}")
@@ -248,7 +270,7 @@ def headline(view: ClipView, layer: int | None, head: int | None) -> str:
     where = f"{which}, {'mean over heads' if head is None else f'head {head}'}"
     text = f"{view.clip.name}: attention at {where}"
     if view.clip.boxes is not None:
-        text += "; green box: the captioned target; + marks the peak"
+        text += "; violet box: the captioned target; + marks the peak"
     if view.losses:
         mean = {k: float(v[1:].mean()) for k, v in view.losses.items()}
         ratio = mean["coarse"] / max(mean["fine"], 1e-12)

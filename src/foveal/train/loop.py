@@ -10,7 +10,6 @@ train() returns the results; its caller writes the report.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
@@ -25,7 +24,10 @@ from foveal.data.dataset import Collator, build_datasets, check_enough_clips, mi
 from foveal.data.loader import micro_batches
 from foveal.evaluation.controls import target_mass
 from foveal.evaluation.evaluate import evaluate, make_batch
+from foveal.evaluation.pictures import analyse, dataset_clip, grid_figure
+from foveal.evaluation.plotting import figure_pixels
 from foveal.evaluation.summary import summarize
+from foveal.jsonio import strict_json
 from foveal.log import progress
 from foveal.model.build import build_model
 from foveal.model.encoder import look_mask
@@ -40,7 +42,7 @@ from foveal.train.checkpoint import (
     set_rng_state,
 )
 from foveal.train.encoder_cache import EncoderCache, cache_plan
-from foveal.train.logger import MetricsLogger
+from foveal.train.logger import MetricsLogger, check_wandb, scalars
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import step_ratio, summarize_run
 from foveal.train.run_folder import RunLock, claim_run_folder, record_resume, resume_config, resume_path
@@ -99,6 +101,7 @@ class Run:
 def set_up(cfg: RunConfig) -> Run:
     """Inputs first (bad data fails before the run folder or the model exist), then the folder (locked: one
     writer), the model, the target's preparation, the optimiser and, on --resume, the checkpoint."""
+    check_wandb(cfg)
     dist = distributed.setup()
     cfg, resume_changes = resume_config(cfg)  # the run's own config.yaml + safe changes; others refused
     t, out = cfg.train, Path(cfg.out_dir)
@@ -351,6 +354,7 @@ def run_loop(run: Run) -> dict:
     batches.close()  # stops any loader workers now
     save(run, run.step, run.last_loss)
     results = finish(run) if dist.main else {}
+    logger.finish(results)
     logger.close()
     dist.barrier()
     return results
@@ -362,8 +366,7 @@ def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
     record(run, row)
     run.last_loss = row["loss"]
     if t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps and run.dist.main:
-        ev = summarize(heldout(run))
-        row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})
+        evaluate_now(run, row, logger)
     logger.log(row)
     bar.update(1)
     bar.set_postfix(
@@ -376,6 +379,17 @@ def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
         log.info(progress_line(run, row))
     if run.step % t.ckpt_every == 0 and run.step < t.steps:
         save(run, run.step, row["loss"])
+
+
+def evaluate_now(run: Run, row: dict, logger: MetricsLogger) -> None:
+    """The held-out numbers at this step into the row (eval/...: ratios with intervals, controls, attention on the
+    target) and, for the dashboards, held-out clip 0 drawn as `foveal viz` draws it."""
+    ev = summarize(heldout(run), seed=run.cfg.train.seed)
+    row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})  # report.html's curve
+    row.update(scalars(ev, "eval"))
+    if logger.tb or logger.wandb:
+        clip = dataset_clip(run.heldout_set, 0, "held-out clip 0")
+        logger.image("eval/attention", figure_pixels(grid_figure(analyse(run.model, run.cfg, clip))), row["step"])
 
 
 def progress_line(run: Run, row: dict) -> str:
@@ -399,6 +413,6 @@ def finish(run: Run) -> dict:
     skipped = {**getattr(run.heldout_set, "skipped", {}), **getattr(run.train_set, "skipped", {})}
     results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
     results["data_skipped_files"] = skipped
-    (run.out / "results.json").write_text(json.dumps(results, indent=1))
+    (run.out / "results.json").write_text(strict_json(results))  # null for a missing number
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, run.out / "heldout_losses.pt")
     return results
