@@ -422,6 +422,69 @@ def parse_override(text: str) -> dict:
     return value
 
 
+def _split_values(raw: str) -> list[str]:
+    """'1,[2,3],x' -> ['1', '[2,3]', 'x']: a comma inside brackets, braces or quotes belongs to its value."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, c in enumerate(raw):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "[{":
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            items.append(raw[start:i])
+            start = i + 1
+    return [*items, raw[start:]]
+
+
+def parse_sweep(text: str) -> tuple[str, list]:
+    """'train.lr=1e-4,3e-4' -> ('train.lr', ['1e-4', '3e-4']): each value parsed as the override key=value is
+    (typed when a config is built from it); data.synthetic.size_range=[0.1,0.2],[0.2,0.3] sweeps two lists."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--sweep {text!r}: expected KEY=V1,V2[,...], e.g. --sweep train.lr=1e-4,3e-4")
+    items = _split_values(raw)
+    if any(not item.strip() for item in items):
+        raise ConfigError(f"--sweep {text!r}: an empty value; list one or more values, e.g. --sweep {key}=V1,V2")
+    values = []
+    for item in items:
+        try:
+            value = parse_override(f"{key}={item}")
+        except ConfigError as e:
+            raise ConfigError(f"--sweep {text!r}: {e}") from None
+        for part in key.split("."):
+            value = value[part]
+        values.append(value)
+    return key, values
+
+
+def value_text(value) -> str:
+    """A config value as an override spells it: true, null, 0.0001, [0.1,0.2], film."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(value_text(v) for v in value) + "]"
+    return str(value)
+
+
+def nest(flat: dict) -> dict:
+    """{'train.lr': 1} -> {'train': {'lr': 1}} (the inverse of leaves)."""
+    out: dict = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 def load_config(
     preset: str | None = None, path: str | Path | None = None, overrides: list[str] | dict | None = None
 ) -> RunConfig:

@@ -1,7 +1,9 @@
 """`foveal compare`: train one model per prediction head under the same data, order and budget (optionally several
 seeds, and a coarse-only control per head and seed), then write the held-out tables (summary.md / summary.json),
 each run's results.json and report.html, and a chart. The control models (a coarse-only, an oracle-look and a
-prev-only model per head and seed, or the oracle and prev-only for the first head alone) bound the ratio.
+prev-only model per head and seed, or the oracle and prev-only for the first head alone) bound the ratio. A sweep
+(--sweep train.lr=1e-4,3e-4, several keys: their grid) repeats all of it per grid point in out/<key>=<value>[,...]/
+and tabulates every (grid point, head) as one row, the swept values in columns of their own.
 
 Orchestration only: aggregate.py turns the run folders into rows of typed estimates, tables.py renders them.
 Every number in the tables is held-out; with one seed its interval is a 95% paired bootstrap over held-out clips,
@@ -10,17 +12,20 @@ with N seeds the mean and the 95% Student-t interval of the N per-seed values.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from foveal.analysis.aggregate import aggregate, run_metrics
 from foveal.analysis.report import write_report
 from foveal.analysis.tables import write_summary
-from foveal.config import RunConfig, replace
+from foveal.config import ConfigError, RunConfig, leaves, nest, replace, validate, value_text
 from foveal.jsonio import load_numbers
 from foveal.train import distributed
 from foveal.train.loop import train
@@ -41,8 +46,8 @@ def read_run(folder: Path) -> tuple[dict, dict]:
     """A finished run folder -> (results.json, held-out arrays)."""
     if not (folder / "results.json").exists():
         raise FileNotFoundError(
-            f"{folder} has no results.json: train it first (drop --summarize-only), or pass the --controls the "
-            "comparison was run with (--controls none for one without control models)"
+            f"{folder} has no results.json: train it first (drop --summarize-only), or pass the --controls and "
+            "--sweep the comparison was run with (--controls none for one without control models)"
         )
     arrays = {k: v.numpy() for k, v in torch.load(folder / "heldout_losses.pt").items()}
     return load_numbers(folder / "results.json"), arrays
@@ -134,6 +139,59 @@ def rows_from(cfg: RunConfig, out: Path, heads: list[str], seeds: int, controls:
     return rows
 
 
+class GridPoint(NamedTuple):
+    values: dict  # swept key -> its typed value ({} without a sweep)
+    folder: Path  # the comparison's folder for this point: out/<key>=<value>[,<key2>=<value2>] (out without a sweep)
+    cfg: RunConfig
+
+
+UNSAFE = re.compile(r"[^A-Za-z0-9._+=,\[\]-]")  # in a folder name, anything else becomes "_"
+
+
+def check_sweep_key(key: str, values: list) -> None:
+    if not values:
+        raise ConfigError(f"--sweep {key}: no values; give one or more, e.g. --sweep train.lr=1e-4,3e-4")
+    if key == "model.head":
+        raise ConfigError("--sweep model.head: the heads are chosen with --heads (e.g. --heads film,mlp)")
+    if key.split(".")[0] not in ("model", "data", "train"):
+        raise ConfigError(f"--sweep {key}: sweep a model., data. or train. key; {key} is one per comparison")
+
+
+def grid_point(cfg: RunConfig, values: dict, out: Path) -> GridPoint:
+    """cfg with one combination of swept values, validated; its folder is named by the typed values."""
+    label = " ".join(f"{k}={value_text(v)}" for k, v in values.items())
+    try:
+        run = replace(cfg, **nest(values))
+        validate(run)
+    except ConfigError as e:
+        raise ConfigError(f"--sweep {label}: {e}") from None
+    flat = leaves(run.to_dict())
+    section = next((k for k in values if k not in flat), None)
+    if section:
+        raise ConfigError(f"--sweep {section}: a section of keys, not one key; sweep one of its keys instead")
+    typed = {k: flat[k] for k in values}
+    name = UNSAFE.sub("_", ",".join(f"{k}={value_text(v)}" for k, v in typed.items()))
+    return GridPoint(typed, out / name, run)
+
+
+def sweep_points(cfg: RunConfig, sweep: dict[str, list] | None, out: Path) -> list[GridPoint]:
+    """Every combination of the swept values (the first key varies slowest), each point's config validated before
+    anything trains. Without a sweep: the one point cfg, in out itself."""
+    if not sweep:
+        return [GridPoint({}, out, cfg)]
+    for key, values in sweep.items():
+        check_sweep_key(key, values)
+    points = [grid_point(cfg, dict(zip(sweep, combo)), out) for combo in itertools.product(*sweep.values())]
+    folders = [p.folder.name for p in points]
+    twice = next((f for f in folders if folders.count(f) > 1), None)
+    if twice:
+        raise ConfigError(
+            f"--sweep: two grid points share the folder {twice} (a value listed twice, or values that differ only "
+            "in characters a folder name cannot hold); list each value once"
+        )
+    return points
+
+
 def compare(
     cfg: RunConfig,
     heads: list[str],
@@ -141,19 +199,26 @@ def compare(
     seeds: int = 1,
     controls: str = "reference",
     summarize_only: bool = False,
+    sweep: dict[str, list] | None = None,
 ) -> list[dict]:
     """Train every head (`seeds` times) and its control models (`controls`: none | reference (the first head's
     oracle-look and prev-only models) | all (coarse-only, oracle, prev-only for every head)), then one aggregated
-    row per head: out/<head>[/seed-<s>], out/<head>-<control>[/...]. cfg.resume: finished runs are
-    kept and the others continue from their newest checkpoint. summarize_only: train nothing, rebuild the tables
-    from the folders already there. Under torchrun every rank trains; rank 0 alone writes and returns the rows."""
+    row per head: out/<head>[/seed-<s>], out/<head>-<control>[/...]. sweep ({"train.lr": [1e-4, 3e-4], ...}): all
+    of it per point of the keys' grid, in out/<key>=<value>[,...]/, one row per point and head (row["sweep"]: the
+    point's values). cfg.resume: finished runs are kept and the others continue from their newest checkpoint.
+    summarize_only: train nothing, rebuild the tables from the folders already there. Under torchrun every rank
+    trains; rank 0 alone writes and returns the rows."""
     out = Path(out_dir)
+    points = sweep_points(cfg, sweep, out)  # every point validated before anything trains
     out.mkdir(parents=True, exist_ok=True)
     if not summarize_only:
-        train_all(planned_runs(cfg, heads, out, seeds, controls))
+        train_all([run for p in points for run in planned_runs(p.cfg, heads, p.folder, seeds, controls)])
     if not distributed.is_main():
         return []
-    rows = rows_from(cfg, out, heads, seeds, controls)
+    rows = []
+    for p in points:
+        point = {"sweep": p.values} if p.values else {}
+        rows += [point | row for row in rows_from(p.cfg, p.folder, heads, seeds, controls)]
     write_summary(rows, cfg, out)
     write_report(out)
     return rows

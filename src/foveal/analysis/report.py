@@ -36,14 +36,24 @@ GALLERY = "viz"  # <run>/viz/: the gallery pictures (shared with `foveal viz`'s 
 # what the folder holds
 
 
+def runs_below(folder: Path, depth: int, prefix: str = "") -> dict[str, Path]:
+    """path below folder -> run folder, for every folder holding results.json at most `depth` levels down."""
+    runs = {}
+    for p in sorted(q for q in folder.iterdir() if q.is_dir()):
+        if (p / "results.json").exists():
+            runs[prefix + p.name] = p
+        elif depth > 1:
+            runs |= runs_below(p, depth - 1, f"{prefix}{p.name}/")
+    return runs
+
+
 def find_runs(folder: Path) -> dict[str, Path]:
-    """name -> run folder: the folder itself when it is one run, else its sub-folders holding results.json (in the
-    order of summary.json when there is one)."""
+    """name -> run folder: the folder itself when it is one run, else the folders below it holding results.json
+    (compare: <head>/, --seeds N: <head>/seed-<s>/, --sweep: <point>/<head>[/seed-<s>]/; in the order of
+    summary.json when there is one)."""
     if (folder / "results.json").exists():
         return {folder.name: folder}
-    runs = {p.name: p for p in sorted(folder.iterdir()) if (p / "results.json").exists()}
-    for p in sorted(folder.iterdir()):  # compare --seeds N: <head>/seed-<s>/
-        runs |= {f"{p.name}/{q.name}": q for q in sorted(p.glob("seed-*")) if (q / "results.json").exists()}
+    runs = runs_below(folder, 3)
     summary = folder / "summary.json"
     if summary.exists():
         order = [r["head"] for r in json.loads(summary.read_text())]

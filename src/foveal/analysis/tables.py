@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from foveal.analysis.export import write_csv
-from foveal.config import RunConfig
+from foveal.config import RunConfig, value_text
 from foveal.evaluation.plotting import subplots
 from foveal.jsonio import strict_json
 
@@ -24,11 +24,20 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def swept(rows: list[dict]) -> list[str]:
+    """The keys a sweep (compare --sweep) varied: a column each, after the head's."""
+    return list(rows[0].get("sweep", {}))
+
+
+def sweep_cells(row: dict) -> list[str]:
+    return [value_text(v) for v in row.get("sweep", {}).values()]
+
+
 def table(rows: list[dict]) -> str:
     """The reference study's table, one row per head; caption columns appear when the objective has a caption loss."""
     joint = any("final_caption_ratio" in r["metrics"] for r in rows)
     has_caption = joint or any(r.get("ratio_kind") == "caption" for r in rows)
-    cols = ["Head Type", "Steps", "Final Ratio", "Ratio > 1.0", "Parameters", "Held-out Ratio"]
+    cols = ["Head Type", *swept(rows), "Steps", "Final Ratio", "Ratio > 1.0", "Parameters", "Held-out Ratio"]
     if joint:
         cols += ["Caption Final Ratio", "Caption Held-out Ratio"]
     target = any("mse_copy_over_fine" in r["metrics"] for r in rows)
@@ -49,6 +58,7 @@ def table(rows: list[dict]) -> str:
             notes.append(f"{r['nonfinite_steps']} non-finite steps skipped")
         cells = [
             f"**{r['head']}**",
+            *sweep_cells(r),
             str(r["steps"]),
             f"**{_fmt(r['final_ratio'])}**",
             f"{100 * r['ratio_above_1']:.1f}%",
@@ -136,10 +146,11 @@ ATTENTION_COLUMNS = [
 def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]], extra=None) -> str:
     columns = [c for c in columns if any(c[1] in r["metrics"] for r in rows)]
     extra = extra or []
-    head = ["Objective", "Head", *(c[0] for c in columns), *(e[0] for e in extra)]
+    head = ["Objective", "Head", *swept(rows), *(c[0] for c in columns), *(e[0] for e in extra)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        cells = [r["objective"], f"**{r['head']}**", *(cell(r, name, style) for _, name, style in columns)]
+        cells = [r["objective"], f"**{r['head']}**", *sweep_cells(r)]
+        cells += [cell(r, name, style) for _, name, style in columns]
         cells += [fn(r) for _, fn in extra]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -184,10 +195,11 @@ def has_controls(rows: list[dict]) -> bool:
 def look_table(rows: list[dict]) -> str:
     """Does looking pay, and how much of what a perfect look buys do the learned looks get?"""
     columns = [c for c in LOOK_COLUMNS if any(c[1] in r["metrics"] for r in rows)]
-    head = ["Head", *(c[0] for c in columns)]
+    head = ["Head", *swept(rows), *(c[0] for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join([f"**{r['head']}**", *(look_cell(r, n, b) for _, n, b in columns)]) + " |")
+        cells = [f"**{r['head']}**", *sweep_cells(r), *(look_cell(r, n, b) for _, n, b in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "**Does looking pay?** Held-out, steered frames t>=2 (the only ones predicted after an LLM-chosen look); "
         "each ratio = the model's coarse loss / the loss with that look (> 1: better than the static look). Oracle-"
@@ -268,18 +280,28 @@ def interval_note(rows: list[dict]) -> str:
     )
 
 
+def sweep_note(rows: list[dict]) -> str:
+    """What a sweep varied (every other key is the header's); "" without one."""
+    if not swept(rows):
+        return ""
+    values = {k: list(dict.fromkeys(value_text(r["sweep"][k]) for r in rows)) for k in swept(rows)}
+    grid = "; ".join(f"{k} = {', '.join(v)}" for k, v in values.items())
+    return f"Swept: {grid} (one row per grid point and head; the swept values override the header's).\n\n"
+
+
 def write_summary(rows: list[dict], cfg: RunConfig, out: Path) -> None:
     (out / "summary.json").write_text(
         strict_json([{k: v for k, v in r.items() if k not in ("step_ratios", "heldout")} for r in rows])
     )
-    write_csv(rows, out / "summary.csv", ("head", "objective", "protocol", "seeds", "steps", "params", "clips"))
+    description = (*swept(rows), "head", "objective", "protocol", "seeds", "steps", "params", "clips")
+    write_csv([r | r.get("sweep", {}) for r in rows], out / "summary.csv", description)
     t = cfg.train
     header = (
         f"# foveal compare: {cfg.preset} preset, objective {t.objective}, protocol {cfg.protocol}\n\n"
         f"{t.batch_size} x {t.grad_accum} clips per step, {cfg.data.num_frames} frames, coarse_weight "
         f"{t.coarse_weight:g}, data {cfg.data.source}. Final Ratio = mean of the last 100 step ratios (training "
         f"batches, as the reference study reported it); Held-out Ratio over clips never trained on. "
-        f"{interval_note(rows)}\n\n"
+        f"{interval_note(rows)}\n\n{sweep_note(rows)}"
     )
     header += target_header(rows[0])
     looking = look_table(rows) + "\n\n" if has_controls(rows) else ""  # the question first, where it can be read
@@ -306,7 +328,8 @@ def copy_last_line(rows: list[dict], num_cols: int) -> str:
     note = f"frame t-1 as frame t's prediction; {rows[0]['clips']} held-out clips"
     if not same:  # a trainable encoder moves the features each run predicts
         note += "; differs per run (trainable encoder): first run shown"
-    lead = ["copy-last (control)", "-", "-", "-", "0"] + ["-"] * (num_cols - 5 - len(TARGET_COLUMNS) - 1)
+    lead = ["copy-last (control)", *("-" for _ in swept(rows)), "-", "-", "-", "0"]
+    lead += ["-"] * (num_cols - len(lead) - len(TARGET_COLUMNS) - 1)
     return "| " + " | ".join([*lead, _fmt(mse), _fmt(cos), "1", "1", note]) + " |"
 
 
@@ -333,7 +356,8 @@ def target_header(r: dict) -> str:
 
 def plot_comparison(rows: list[dict], path: Path) -> None:
     kind = "recon" if "recon_ratio" in rows[0]["metrics"] else "caption"
-    labels = [f"{r['head']}\n{r['objective']}" for r in rows]
+    point = lambda r: [f"{k}={value_text(v)}" for k, v in r.get("sweep", {}).items()]  # noqa: E731
+    labels = ["\n".join([r["head"], r["objective"], *point(r)]) for r in rows]
     x = np.arange(len(rows))
     fig, (ax_bar, ax_curve) = subplots(1, 2, figsize=(11, 4))
     bars = [("final_ratio", "train, last 100 steps"), (f"{kind}_ratio", "held-out, steered frames (95% CI)")]

@@ -59,6 +59,13 @@ def add_compare(sub) -> None:
         help="control models: reference (default: an oracle-look and a prev-only model for the first head), all "
         "(--controls alone: a coarse-only, an oracle and a prev-only model for every head), none",
     )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="compare at every value of a config key (repeat for several keys: their grid), e.g. --sweep "
+        "train.lr=1e-4,3e-4; each grid point in <out>/<key>=<value>[,...]/, its values a column of the tables",
+    )
     p.add_argument("--summarize-only", action="store_true", help="train nothing: rebuild the tables from --out")
     p.add_argument(
         "--resume",

@@ -23,7 +23,7 @@ from foveal.analysis.science import bench_science
 from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
 from foveal.api import load
-from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, replace
+from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, parse_sweep, replace
 from foveal.data.export import write_synthetic
 from foveal.jsonio import strict_json
 from foveal.model.build import target_shape
@@ -139,17 +139,30 @@ def parse_heads(text: str) -> list[str]:
     return heads
 
 
+def parse_sweeps(texts: list[str] | None) -> dict[str, list]:
+    """Every --sweep KEY=V1,V2 -> {key: values}; a key given twice is an error."""
+    sweep: dict[str, list] = {}
+    for text in texts or []:
+        key, values = parse_sweep(text)
+        if key in sweep:
+            raise ConfigError(f"--sweep {key} is given twice; list all its values in one flag: --sweep {key}=V1,V2")
+        sweep[key] = values
+    return sweep
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the commands
 
 
 def cmd_compare(args) -> None:
     heads = parse_heads(args.heads) if args.heads else list(HEADS)
+    sweep = parse_sweeps(args.sweep)
     cfg = config_from_args(args, out_dir=args.out, **({"resume": True} if args.resume else {}))
-    rows = compare(cfg, heads, args.out, args.seeds, args.controls, args.summarize_only)
+    rows = compare(cfg, heads, args.out, args.seeds, args.controls, args.summarize_only, sweep)
     if rows:
+        runs = "<key>=<value>[,...]/<head>" if sweep else "<head>"
         print(Path(args.out, "summary.md").read_text())
-        print(f"wrote {args.out}/summary.md, summary.json, comparison.png, report.html and <head>/results.json")
+        print(f"wrote {args.out}/summary.md, summary.json, comparison.png, report.html and {runs}/results.json")
 
 
 def cmd_bench_science(args) -> None:
