@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_overrides
+from foveal.analysis.inference import load_clip
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.data.synthetic import WORDS
@@ -36,7 +37,7 @@ def test_caption_cli_in_every_mode(joint_run, capsys):
     out, _ = joint_run
     assert main(["caption", "--checkpoint", str(out), "--video", "synthetic:0", "synthetic:1", "--mode", "all"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 8 and [x.split(":")[0] for x in lines[6:]] == ["[true] synthetic", "[true] synthetic"]
     for line in lines:
         words = line.split(": ", 1)[1].replace(".", " . ").split()
         assert words and set(words) <= set(WORDS), line  # the training vocabulary, nothing else
@@ -54,3 +55,18 @@ def test_eval_cli_reports_every_mode_and_the_gap(joint_run, capsys):
     assert main(["eval", "--checkpoint", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| caption |" in printed and "autoregressive" in printed
+
+
+def test_caption_of_a_recon_only_run_says_so_and_shows_the_true_caption(tmp_path, cache_dir, capsys):
+    over = tiny_overrides(**{"train.steps": 2})
+    train(load_config("tiny", overrides=[*over, f"out_dir={tmp_path / 'run'}", f"cache_dir={cache_dir}"]))
+    capsys.readouterr()
+    assert main(["caption", "--checkpoint", str(tmp_path / "run"), "--video", "synthetic:2"]) == 0
+    seen = capsys.readouterr()
+    assert "caption path was never trained" in seen.err
+    truth = load_config("tiny", overrides=over)
+    assert seen.out.splitlines()[-1] == f"[true] synthetic:2: {load_clip('synthetic:2', truth)['caption']}"
+    assert main(["caption", "--checkpoint", str(tmp_path / "run"), "--video", "synthetic:abc"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "foveal: config error: --video synthetic:abc: expected synthetic:<held-out clip number>, e.g. synthetic:3"
+    ]

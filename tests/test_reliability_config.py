@@ -5,6 +5,7 @@ missing data caught before a run folder or a model exists."""
 import pytest
 
 from conftest import tiny_overrides
+from foveal.cli import main
 from foveal.config import ConfigError, load_config
 from foveal.train.loop import train
 
@@ -19,7 +20,6 @@ def test_yaml_1_1_float_spellings_are_floats(tmp_path):
 
 
 def test_cli_accepts_the_readmes_own_example(capsys):
-    from foveal.cli import main
 
     assert main(["config", "train.lr=3e-4"]) == 0
     assert "lr: 0.0003" in capsys.readouterr().out
@@ -42,7 +42,6 @@ def test_non_finite_numbers_are_refused_naming_the_key(value):
     ],
 )
 def test_yaml_errors_name_file_line_and_column(tmp_path, capsys, text, where, what):
-    from foveal.cli import main
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -56,7 +55,6 @@ def test_yaml_errors_name_file_line_and_column(tmp_path, capsys, text, where, wh
     [("train.lr=[1,", "override 'train.lr=\\[1,': the value does not parse at column"), ("train..lr=1", "empty part")],
 )
 def test_bad_overrides_are_one_line(capsys, override, message):
-    from foveal.cli import main
 
     assert main(["config", override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -88,7 +86,6 @@ def test_too_few_clips_for_one_batch_fails_before_the_model_is_built(tmp_path, m
 
 
 def test_missing_data_fails_before_the_run_folder_or_model(tmp_path, capsys):
-    from foveal.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--quiet", "--data", str(tmp_path / "missing.csv"), "--out", str(run)]) == 2
@@ -131,3 +128,25 @@ def test_the_cache_is_the_users_unless_a_config_or_foveal_cache_says_otherwise(t
     assert load_config("tiny", overrides=[f"cache_dir={tmp_path / 'run'}"]).cache_path == tmp_path / "run"
     load_config("tiny").save(tmp_path / "c.yaml")  # a saved run names no machine's cache: it moves with the user
     assert "cache_dir: ''" in (tmp_path / "c.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["compare", "--heads", ""], "--heads '': an empty name"),
+        (["heads", "--latent", "4x32"], "--latent: expected CxSxS"),
+        (["caption", "--checkpoint", "{tmp}/some.yaml", "--video", "synthetic:1"], "is a config, not a checkpoint"),
+    ],
+)
+def test_bad_flags_get_one_line_naming_the_flag(tmp_path, capsys, argv, line):
+    (tmp_path / "some.yaml").write_text("train:\n  lr: 1\n")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) in (1, 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and line in err[0], err
+
+
+def test_data_synth_needs_at_least_one_video(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "synth", "--videos", "0", "--out", str(tmp_path / "d")])
+    assert "--videos: must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from foveal.config import RunConfig, config_from_dict
+from foveal.config import ConfigError, RunConfig, config_from_dict
 from foveal.data.dataset import HELDOUT_OFFSET, Collator, SyntheticClips, build_datasets
 from foveal.data.frames import encoder_input
 from foveal.data.video import read_clip
@@ -32,7 +32,10 @@ def load_run(checkpoint: str | Path, device: str = "cpu") -> tuple[RunConfig, to
 def load_clip(spec: str, cfg: RunConfig) -> dict:
     """'synthetic:<i>' (held-out synthetic clip i, with ground truth) or a video file -> a dataset item."""
     if spec.startswith("synthetic:"):
-        clips = SyntheticClips(cfg.data, cfg.model.frame_size, int(spec.split(":", 1)[1]) + 1, offset=HELDOUT_OFFSET)
+        index = spec.split(":", 1)[1]
+        if not index.isdigit():
+            raise ConfigError(f"--video {spec}: expected synthetic:<held-out clip number>, e.g. synthetic:3")
+        clips = SyntheticClips(cfg.data, cfg.model.frame_size, int(index) + 1, offset=HELDOUT_OFFSET)
         item = clips[len(clips) - 1]
         return {**item, "truth": clips.clip(len(clips) - 1)}
     return read_clip(spec, cfg.data, cfg.model.frame_size)

@@ -92,8 +92,8 @@ def add_bench_science(sub) -> None:
 def add_study(sub) -> None:
     p = sub.add_parser(
         "study",
-        help="the seed study's five rows (+ an oracle-look positive control) under its protocol and with both paths "
-        "trained; one table",
+        help="the reference study's five rows (+ an oracle-look positive control) under its protocol and with both "
+        "paths trained; one table",
     )
     add_config_args(p, default_preset="look")
     p.add_argument("--seeds", type=at_least_1, default=3, help="models per cell (seed, seed+1, ...; default 3)")
@@ -150,13 +150,13 @@ def add_eval(sub) -> None:
 
 def add_info(sub) -> None:
     p = sub.add_parser("info", help="what a config builds: sources, parameter counts, dims, latent and patch grid")
-    add_config_args(p)
+    add_config_args(p, training=False)
     p.set_defaults(func=cmd_info)
 
 
 def add_precompute(sub) -> None:
     p = sub.add_parser("precompute", help="VAE-encode every clip once into the latent cache (training reads it)")
-    add_config_args(p)
+    add_config_args(p, training=False)
     p.set_defaults(func=cmd_precompute)
 
 
@@ -165,7 +165,7 @@ def add_data(sub) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", help="write synthetic clips as video files (or frame folders) + manifest.csv")
     p.add_argument("--out", required=True, help="output folder (videos/ or frames/, manifest.csv)")
-    p.add_argument("--videos", type=int, default=64, help="number of clips")
+    p.add_argument("--videos", type=at_least_1, default=64, help="number of clips")
     p.add_argument("--frames", type=int, default=8, help="frames per clip")
     p.add_argument("--size", type=int, default=64, help="frame side in pixels")
     p.add_argument("--fps", type=float, default=8.0)

@@ -77,39 +77,46 @@ WANDB_FLAGS = {
 }
 
 
-def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "tiny") -> None:
+def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "tiny", training: bool = True) -> None:
+    """The config flags; training=False (info, precompute) leaves out those that only a training run reads."""
     p.add_argument("--preset", default=None, help=f"named preset (default {default_preset})")
     p.add_argument("--config", default=None, help="YAML run config (e.g. a run folder's config.yaml)")
     p.add_argument(
         "--protocol",
         choices=list(PROTOCOLS),
         default=None,
-        help="training protocol layered over the preset: foveal (default) or seed (the study's own: fine loss only, "
-        "lr 3e-5, no clipping, ...; `foveal config --protocol seed` shows every key it sets)",
+        help="training protocol layered over the preset: foveal (default) or seed (the reference study's own: fine "
+        "loss only, lr 3e-5, no clipping, ...; `foveal config --protocol seed` shows every key it sets)",
     )
     p.add_argument("--data", default=None, help="'synthetic', a manifest (.csv/.jsonl) or a folder of frame folders")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget per run")
-    p.add_argument("--objective", choices=sorted(OBJECTIVES), default=None)
+    p.add_argument("--seed", type=int, default=None, help="train.seed: init and data order (default the preset's, 0)")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), default=None, help="train.objective (default recon)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="autocast (default fp32)")
+    p.add_argument("--target", choices=sorted(TARGETS), default=None, help="what the head predicts (default vae)")
+    p.add_argument("--dino", default=None, help="DINOv2 weights: hub id or folder (default: the preset's)")
+    p.add_argument("--llm", default=None, help="LLM weights: hub id, folder, .gguf or smollm2-gguf")
+    p.add_argument("--vae", default=None, help="VAE weights: hub id or folder")
+    if training:
+        add_training_args(p)
+    p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars (CI)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.num_frames=16")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default the preset's train.steps)")
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget per run (default none)")
     p.add_argument(
         "--coarse-weight",
         type=float,
         default=None,
-        help="0 = the fine loss only (--protocol seed sets the rest of the seed's recipe)",
+        help="loss = fine + this x coarse (default 1); 0 = the fine loss only (--protocol seed sets the rest of the "
+        "reference study's recipe)",
     )
-    p.add_argument("--fine-iterations", type=int, default=None)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
-    p.add_argument("--target", choices=sorted(TARGETS), default=None)
-    p.add_argument("--dino", default=None, help="DINOv2 weights: hub id or folder (default: the preset's)")
-    p.add_argument("--llm", default=None, help="LLM weights: hub id, folder, .gguf or smollm2-gguf")
-    p.add_argument("--vae", default=None, help="VAE weights: hub id or folder")
+    p.add_argument("--fine-iterations", type=int, default=None, help="0 = the coarse-only control (default 1)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (WANDB_MODE=offline works)")
     for key, what in WANDB_FLAGS.items():
         p.add_argument(f"--wandb-{key}", default=None, help=f"W&B {what} (implies --wandb)")
-    p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars (CI)")
     p.add_argument("--overwrite", action="store_true", help="start afresh where a run already has checkpoints")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4 data.num_frames=16")
 
 
 def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
@@ -134,6 +141,11 @@ def config_from_args(args: argparse.Namespace, **extra) -> RunConfig:
 
 def parse_heads(text: str) -> list[str]:
     heads = text.split(",")
+    if not all(h.strip() for h in heads):
+        raise ConfigError(
+            f"--heads {text!r}: an empty name; give heads comma-separated (e.g. --heads film,mlp), or "
+            f"drop the flag for all of them ({','.join(HEADS)})"
+        )
     for h in heads:
         HEADS.get_class(h)
     return heads
@@ -155,7 +167,7 @@ def parse_sweeps(texts: list[str] | None) -> dict[str, list]:
 
 
 def cmd_compare(args) -> None:
-    heads = parse_heads(args.heads) if args.heads else list(HEADS)
+    heads = parse_heads(args.heads) if args.heads is not None else list(HEADS)
     sweep = parse_sweeps(args.sweep)
     cfg = config_from_args(args, out_dir=args.out, **({"resume": True} if args.resume else {}))
     rows = compare(cfg, heads, args.out, args.seeds, args.controls, args.summarize_only, sweep)
@@ -233,9 +245,10 @@ def cmd_heads(args) -> None:
             where += f", PCA to {m.dino_target.pca} channels" if m.dino_target.pca else ""
             where += ", CLS appended" if m.dino_target.cls else ""
         where += ")"
-    c, s, s2 = (int(v) for v in latent.split("x"))
-    if s != s2:
-        raise ConfigError(f"--latent: expected CxSxS with a square grid, got {latent}")
+    parts = latent.split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts) or parts[1] != parts[2]:
+        raise ConfigError(f"--latent: expected CxSxS (channels x a square grid), e.g. 4x32x32; got {latent!r}")
+    c, s, _ = (int(v) for v in parts)
     print(f"heads at h_dim={h_dim}, target {c}x{s}x{s}{where}:")
     for name in HEADS:
         with torch.device("meta"):  # counting needs no memory, even for the 500M-parameter MLP on full DINO features
@@ -247,6 +260,11 @@ def cmd_caption(args) -> None:
     cfg, model, tokenizer = load_run(args.checkpoint)
     items = [load_clip(v, cfg) for v in args.video]
     frames = torch.stack([it["frames"] for it in items])
+    if cfg.train.objective == "recon":
+        log.warning(
+            f"note: {args.checkpoint} was trained for reconstruction only: its caption path was never trained, so "
+            "these captions say nothing about the model (train with --objective caption or joint)"
+        )
     modes = ["coarse", "fine", "autoregressive"] if args.mode == "all" else [args.mode]
     for mode in modes:
         captions = caption_clips(
@@ -254,6 +272,9 @@ def cmd_caption(args) -> None:
         )
         for video, text in zip(args.video, captions):
             print(f"[{mode}] {video}: {text}")
+    for video, item in zip(args.video, items):  # the clip's own caption, where it has one
+        if item.get("caption"):
+            print(f"[true] {video}: {item['caption']}")
 
 
 def cmd_eval(args) -> None:

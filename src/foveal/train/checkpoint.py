@@ -286,6 +286,11 @@ def load_checkpoint(path: str | Path) -> dict:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     except Exception as e:
+        if path.suffix.lower() in (".yaml", ".yml", ".json"):
+            raise CheckpointError(
+                f"{path} is a config, not a checkpoint: pass a run folder or its checkpoints/step-*.safetensors "
+                f"(a config goes to --config)"
+            ) from None
         reason = "truncated or corrupt" if kind == "safetensors" else "not a safetensors file"
         raise CheckpointError(f"checkpoint {path} is unreadable ({reason}: {str(e).splitlines()[0][:120]})") from None
     if meta.get("format") != FORMAT or "state" not in meta:
