@@ -9,10 +9,13 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import tiny_overrides
-from foveal.analysis.report import write_report
+from foveal.analysis.report import screenshot, write_report
+from foveal.analysis.verdict import verdict
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.train.loop import train
@@ -125,3 +128,49 @@ def test_report_renders_in_chromium_with_every_image(run, tmp_path):
         assert render(run / "report.html")["broken"] == ["viz/synthetic-0.gif"]
     finally:
         (run / "viz" / "gone.gif").rename(run / "viz" / "synthetic-0.gif")
+
+
+def fake_result(ratio, lo, hi, h_other=(0.01, 0.02)):
+    controls = {"fine": {"h_other_minus_loss": {"value": sum(h_other) / 2, "ci": list(h_other)}}}
+    return {"ratio_kind": "recon", "heldout": {"recon": {"ratio": ratio, "ratio_ci": [lo, hi]}, "controls": controls}}
+
+
+@pytest.mark.parametrize(
+    "learned, oracle, says",
+    [
+        ((1.2, 1.1, 1.3), (1.5, 1.4, 1.6), ["beats the static look", "detects a planted effect"]),
+        ((0.9, 0.85, 0.95), (1.5, 1.4, 1.6), ["do worse than the static look", "detects a planted effect"]),
+        ((1.0, 0.99, 1.01), (1.01, 0.98, 1.04), ["no effect of looking", "no headroom", "says nothing"]),
+        ((1.0, 0.99, 1.01), None, ["no effect of looking", "No oracle-look model", "cannot tell"]),
+    ],
+)
+def test_verdict_reads_the_intervals(learned, oracle, says):
+    results = {"film": fake_result(*learned)}
+    looks = {"film": "learned"}
+    if oracle:
+        results["film-oracle"], looks["film-oracle"] = fake_result(*oracle), "oracle"
+    text = verdict(results, looks)
+    assert all(s in text for s in says), text
+    assert "ignore the video" not in text
+    assert "ignore the video" in verdict({"film": fake_result(*learned, h_other=(-0.01, 0.02))}, looks)
+
+
+def test_compare_report_shows_the_verdict_and_summary_md_tables_held_out_in_bold(run, tmp_path):
+    cmp = tmp_path / "cmp"
+    shutil.copytree(run, cmp / "film")
+    (cmp / "summary.md").write_text(
+        "# title\n\n**Does looking pay?**\n\n| Head | Shuffled looks |\n|---|---|\n| film | 0.9948 |\n"
+    )
+    text = write_report(cmp, gallery_clips=0).read_text()
+    assert "<h2>Verdict</h2>" in text and "No oracle-look model was trained" in text
+    assert "<th>Shuffled looks</th>" in text and "<td>0.9948</td>" in text and "<h1>title" not in text
+    held = json.loads((run / "results.json").read_text())["heldout_ratio"]
+    assert f"<b>{held:.4f}</b>" in text
+
+
+def test_report_screenshot_draws_the_page(run, tmp_path):
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium not installed: apt-get install chromium chromium-driver")
+    png = screenshot(run / "report.html", tmp_path / "shot.png", width=800, height=1200)
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
+    assert pixels.shape == (1200, 800) and pixels.std() > 10  # drawn, not a blank page

@@ -11,14 +11,18 @@ import json
 import logging
 import math
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import markdown
 import numpy as np
 import torch
 import yaml
 from matplotlib.ticker import MaxNLocator
 
 from foveal.analysis.inference import load_run
+from foveal.analysis.verdict import verdict
 from foveal.analysis.viz import heldout_clip, write_viz
 from foveal.evaluation.pictures import analyse, summary
 from foveal.evaluation.plotting import subplots
@@ -92,11 +96,23 @@ def kinds_of(results: dict[str, dict]) -> list[str]:
     return list(first.get("step_ratios", {first.get("ratio_kind", "recon"): []}))
 
 
-def plot_ratio_curves(results: dict, metrics: dict, path: Path) -> None:
-    """Per head: the step ratio (faint), its running mean, held-out evaluations (markers), and ratio = 1."""
+def y_range(values: list[float]) -> tuple[float, float]:
+    """Limits that show the data after warm-up (2nd to 98th percentile, 1 included, 10 % margin): one early spike
+    or a few outliers no longer flatten every curve."""
+    finite = np.array([v for v in values if math.isfinite(v)] + [1.0])
+    lo, hi = np.percentile(finite, [2, 98])
+    lo, hi = min(lo, 1.0), max(hi, 1.0)
+    pad = 0.1 * max(hi - lo, 1e-3)
+    return float(lo - pad), float(hi + pad)
+
+
+def plot_ratio_curves(results: dict, metrics: dict, path: Path, warmup: int = 0) -> None:
+    """Per head: the step ratio (faint), its running mean, held-out evaluations (markers), and ratio = 1; the
+    y-range from the steps after warm-up."""
     kinds = kinds_of(results)
     fig, axes = subplots(1, len(kinds), figsize=(6.5 * len(kinds), 4), squeeze=False, layout="constrained")
     for ax, kind in zip(axes[0], kinds):
+        shown: list[float] = []
         for i, (name, r) in enumerate(results.items()):
             colour = f"C{i}"
             ratios = r.get("step_ratios", {}).get(kind, [])
@@ -111,6 +127,9 @@ def plot_ratio_curves(results: dict, metrics: dict, path: Path) -> None:
                 held.append((steps[-1], final))
             if held:
                 ax.plot(*zip(*held), "o", color=colour, ms=4)
+            shown += ratios[min(warmup, len(ratios) // 2) :] + [v for _, v in held]
+        if shown:
+            ax.set_ylim(*y_range(shown))
         ax.axhline(1.0, color="k", lw=1, ls="--", label="ratio = 1")
         _integer_ticks(ax)
         ax.set_xlabel("step")
@@ -221,6 +240,10 @@ def _fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else html.escape(str(x))
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+
+
 def _ci(pair) -> str:
     if not pair or any(v is None or math.isnan(v) for v in pair):
         return ""
@@ -244,10 +267,10 @@ def summary_table(results: dict) -> str:
             [
                 f"<b>{html.escape(name)}</b>",
                 str(r.get("steps")),
-                f"<b>{_fmt(r.get('final_ratio'))}</b>",
-                f"{100 * r.get('ratio_above_1', float('nan')):.1f}%",
+                _fmt(r.get("final_ratio")),
+                _pct(r.get("ratio_above_1")),
                 f"{r.get('params', 0):,}",
-                _fmt(r.get("heldout_ratio")) + _ci(held.get("ratio_ci")),
+                f"<b>{_fmt(r.get('heldout_ratio'))}</b>" + _ci(held.get("ratio_ci")),  # held-out: what counts
                 _fmt(held.get("loss_coarse")),
                 _fmt(held.get("loss_fine")),
                 f"{100 * held['fine_better_share']:.1f}%" if "fine_better_share" in held else "n/a",
@@ -342,16 +365,20 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     kinds = kinds_of(results)
     first = next(iter(runs.values()))
     cfg = _config(first)
+    looks = {n: _config(p).get("model", {}).get("look", "learned") for n, p in runs.items()}
 
-    plot_ratio_curves(results, metrics, assets / "ratio.png")
+    plot_ratio_curves(results, metrics, assets / "ratio.png", cfg.get("train", {}).get("warmup_steps", 0))
     plot_loss_curves(metrics, kinds, assets / "loss.png")
     body = [
         f"<h1>foveal report: {html.escape(folder.name)}</h1>",
         f"<p>{html.escape(_describe(cfg))} ratio = loss_coarse / loss_fine (&gt; 1: looking where the model chose "
         "helped). Final ratio: the mean of the last 100 step ratios; held-out ratio over clips never trained on, "
-        "with a 95% paired-bootstrap interval.</p>",
+        "with a 95% paired-bootstrap interval (held-out numbers in bold).</p>",
+        "<h2>Verdict</h2>",
+        f"<p class=verdict>{html.escape(verdict(results, looks))}</p>",
         "<h2>Summary</h2>",
         summary_table(results),
+        *summary_md(folder),
         "<h2>Ratio during training</h2>",
         _img(f"{ASSETS}/ratio.png", "ratio curves"),
         "<h2>Loss curves</h2>",
@@ -393,6 +420,33 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     tmp.write_text(page)
     os.replace(tmp, path)
     return path
+
+
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"]
+
+
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3000) -> Path:
+    """A picture of report.html as a browser draws it (headless Chromium), e.g. to check or share it."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise FileNotFoundError(
+            "--screenshot: no chromium found; install it (apt-get install chromium) or drop the flag"
+        )
+    png.parent.mkdir(parents=True, exist_ok=True)
+    flags = [*CHROMIUM, f"--window-size={width},{height}", f"--screenshot={png.resolve()}"]
+    subprocess.run([browser, *flags, page.resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    if not png.exists():
+        raise FileNotFoundError(f"--screenshot: chromium wrote no {png}")
+    return png
+
+
+def summary_md(folder: Path) -> list[str]:
+    """A comparison's summary.md as HTML (its looking-controls, controls, attention and probe tables)."""
+    path = folder / "summary.md"
+    if not path.exists():
+        return []
+    text = path.read_text().split("\n", 1)[-1] if path.read_text().startswith("# ") else path.read_text()
+    return ["<h2>Held-out tables (summary.md)</h2>", markdown.markdown(text, extensions=["tables"])]
 
 
 def _config(run: Path) -> dict:

@@ -202,6 +202,7 @@ def add_report(sub) -> None:
     p.add_argument(
         "--clips", type=int, default=None, help="held-out clips in the gallery (default: train.report_clips)"
     )
+    p.add_argument("--screenshot", default=None, metavar="PNG", help="also draw the page to PNG (headless Chromium)")
     p.set_defaults(func=cmd_report)
 
 

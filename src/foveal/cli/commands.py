@@ -18,7 +18,7 @@ from foveal.analysis.compare import compare
 from foveal.analysis.inference import caption_clips, evaluate_modes, load_clip, load_run
 from foveal.analysis.info import describe
 from foveal.analysis.precompute import precompute
-from foveal.analysis.report import write_report
+from foveal.analysis.report import screenshot, write_report
 from foveal.analysis.science import bench_science
 from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
@@ -337,7 +337,10 @@ def cmd_viz(args) -> None:
 
 
 def cmd_report(args) -> None:
-    print(f"wrote {write_report(args.folder, args.clips)}")
+    page = write_report(args.folder, args.clips)
+    print(f"wrote {page}")
+    if args.screenshot:
+        print(f"wrote {screenshot(page, Path(args.screenshot))}")
 
 
 def cmd_bench(args) -> None:
