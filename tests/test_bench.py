@@ -171,3 +171,10 @@ def test_allocator_tuning_is_on_by_default_and_can_be_turned_off():
     assert tuned() == "True"
     assert tuned(FOVEAL_MALLOC="default") == "False"
     assert tuned(MALLOC_TRIM_THRESHOLD_="131072") == "False"
+
+
+def test_startup_bench_names_a_failing_train_in_one_line(capsys):
+    assert main(["bench", "--startup", "train.no_such_key=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("foveal: config error: bench --startup: `foveal train train.no_such_key=1` failed:")
+    assert "no_such_key" in err[-1]

@@ -219,6 +219,11 @@ def add_bench(sub) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps (median, min, max over these)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first; the last one measures peak memory")
     p.add_argument("--compare-naive", action="store_true", help="also time the step with each optimisation undone")
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="instead: time `foveal train --steps 2` with an empty, then a warm target cache (fresh processes)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's: one per core)")
     p.add_argument("--device", default=None, help="cpu | cuda (default cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")

@@ -20,6 +20,7 @@ from foveal.analysis.info import describe
 from foveal.analysis.precompute import precompute
 from foveal.analysis.report import screenshot, write_report
 from foveal.analysis.science import bench_science
+from foveal.analysis.startup import format_startup, startup_bench
 from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
 from foveal.api import load
@@ -344,6 +345,12 @@ def cmd_report(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.startup:  # a first result's start-up, cold vs warm target cache (each in its own process)
+        train_args = [*(["--preset", args.preset] if args.preset else []), *args.overrides]
+        say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+        result = startup_bench(train_args, say)
+        print(json.dumps(result) if args.json else format_startup(result))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     o = flag_overrides(args, BENCH_FLAGS)
