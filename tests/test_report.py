@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_overrides
-from foveal.analysis.report import screenshot, write_report
+from foveal.analysis.report import running_mean, screenshot, write_report
 from foveal.analysis.verdict import verdict
 from foveal.cli import main
 from foveal.config import load_config
@@ -174,3 +174,14 @@ def test_report_screenshot_draws_the_page(run, tmp_path):
     png = screenshot(run / "report.html", tmp_path / "shot.png", width=800, height=1200)
     pixels = np.asarray(Image.open(png).convert("L"), dtype=float)
     assert pixels.shape == (1200, 800) and pixels.std() > 10  # drawn, not a blank page
+
+
+def test_running_mean_is_centred_on_its_step():
+    """A step from 0 to 1 at step 50 is half-way at step 50 in the curve, whatever the window; a constant stays."""
+    values = [0.0] * 50 + [1.0] * 50
+    for k in (5, 9, 20):
+        curve = running_mean(values, k)
+        assert len(curve) == 100 and curve[0] == 0.0 and curve[-1] == 1.0
+        crossing = next(i for i, v in enumerate(curve) if v >= 0.5)
+        assert abs(crossing - 50) <= 1, (k, crossing)
+    assert running_mean([2.0] * 7, 4) == [2.0] * 7

@@ -81,13 +81,13 @@ def _integer_ticks(ax) -> None:
 
 
 def running_mean(values: list[float], k: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= k:
-            total -= values[i - k]
-        out.append(total / min(i + 1, k))
-    return out
+    """The mean over a window of k steps centred on each step (shorter at the ends): drawn at the step it is
+    centred on, so a change shows where it happened, not k/2 steps late."""
+    x = np.asarray(values, dtype=float)
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    lo = np.clip(np.arange(len(x)) - k // 2, 0, len(x))
+    hi = np.clip(np.arange(len(x)) + (k - 1) // 2 + 1, 0, len(x))
+    return ((sums[hi] - sums[lo]) / np.maximum(hi - lo, 1)).tolist()
 
 
 def kinds_of(results: dict[str, dict]) -> list[str]:
