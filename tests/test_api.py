@@ -2,6 +2,7 @@
 that gives the trained model's outputs exactly."""
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 import foveal
 from foveal.cli import main
+from foveal.model.build import build_model
 from foveal.model.foveated import Batch
 from foveal.model.pretrained import PretrainedError
 
@@ -51,3 +53,27 @@ def test_an_exported_folder_that_does_not_fit_its_config_is_one_clear_error(tiny
         foveal.load(out)
     assert main(["export", str(tmp_path / "nothing-here"), str(tmp_path / "x")]) == 1
     assert "foveal: error:" in capsys.readouterr().err
+
+
+def test_an_exported_model_of_pretrained_backbones_loads_without_their_sources(tiny_cfg, tmp_path):
+    """Backbones (and the VAE target) loaded from folders: the export holds their architecture (and the VAE's
+    weights), so it loads and gives the same outputs after the source folders are gone."""
+    base = tiny_cfg()
+    model, tokenizer = build_model(base)
+    sources = {"dino": model.encoder.dino, "llm": model.llm, "vae": model.target.build_vae()}
+    for name, module in sources.items():
+        module.save_pretrained(tmp_path / "sources" / name)
+    cfg = tiny_cfg(**{f"model.{n}.source": str(tmp_path / "sources" / n) for n in sources})
+    foveal.fit(cfg)
+    trained = foveal.load(cfg.out_dir)
+    trained.save_pretrained(tmp_path / "exported")
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(2, 4, 3, 64, 64, generator=g), torch.randn(2, 4, *trained.net.target_shape, generator=g))
+    with torch.no_grad():
+        want = trained.net(batch).fine[-1].pred
+    shutil.rmtree(tmp_path / "sources")
+    exported = foveal.load(tmp_path / "exported")
+    with torch.no_grad():
+        assert torch.equal(exported.net(batch).fine[-1].pred, want)
+    vae = exported.net.target.build_vae()
+    assert all(torch.equal(p, q) for p, q in zip(vae.parameters(), sources["vae"].parameters()))

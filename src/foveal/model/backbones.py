@@ -80,6 +80,20 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or source.count("/") > 1  # a hub id has at most one "/"
 
 
+ARCHITECTURE = "config:"  # source "config:<folder>": the architecture in <folder>/config.json, random weights
+
+
+def architecture(source: str) -> Path | None:
+    """The folder of a "config:<folder>" source (an exported model's backbone: its weights come from the export's
+    model.safetensors, so nothing is read from where they first came from), else None."""
+    if not source.startswith(ARCHITECTURE):
+        return None
+    folder = Path(source[len(ARCHITECTURE) :]).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{source}: {folder} has no config.json (the architecture to build)")
+    return folder
+
+
 def from_pretrained(cls, source: str, what: str, **kwargs):
     """cls.from_pretrained(source): a local folder (written by save_pretrained) and a hub id take the same call.
     Offline it fails fast and names the alternatives instead of retrying for half a minute."""
@@ -107,6 +121,11 @@ def from_pretrained(cls, source: str, what: str, **kwargs):
 
 def build_dino(spec: DinoSpec, seed: int = 0):
 
+    if architecture(spec.source):
+        config = Dinov2Config.from_pretrained(architecture(spec.source))
+        config._attn_implementation = "sdpa"
+        with seeded(seed, "dino"):
+            return Dinov2Model(config)
     if spec.source != "random":
         return from_pretrained(Dinov2Model, spec.source, "model.dino.source", attn_implementation="sdpa")
     config = Dinov2Config(
@@ -219,6 +238,11 @@ def build_tokenizer(spec: LLMSpec, cache_dir: str | Path):
 
 def build_llm(spec: LLMSpec, tokenizer, cache_dir: str | Path, seed: int = 0):
 
+    if architecture(spec.source):
+        config = AutoConfig.from_pretrained(architecture(spec.source))
+        config._attn_implementation = "sdpa"
+        with seeded(seed, "llm"):
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if spec.source != "random":
         source = resolve_llm_folder(spec.source, cache_dir)
         return from_pretrained(

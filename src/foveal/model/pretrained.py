@@ -1,8 +1,12 @@
 """A trained model as a folder in the Hugging Face style, to take away: config.json (the run's full config),
-model.safetensors (every weight, frozen backbones included) and the tokenizer's files.
+model.safetensors (every weight, frozen backbones included), the tokenizer's files, and for pretrained backbones
+their architecture (dino/config.json, llm/config.json) and a pretrained VAE target's weights (vae/: the frozen VAE is
+no part of the model's state).
 
-Loading rebuilds the architecture from the config (the backbones from their configured sources, as a checkpoint
-does) and then sets every weight from model.safetensors, strictly: a folder that does not fit its config is refused.
+Loading needs nothing but the folder: a pretrained backbone is built from its architecture there (random weights,
+no hub, no GGUF conversion), the VAE and tokenizer are read from the folder, and every weight is then set from
+model.safetensors, strictly: a folder that does not fit its config is refused. config.json keeps the sources the
+weights first came from, as a record.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from foveal.config import ConfigError, RunConfig, config_from_dict
+from foveal.config import ConfigError, RunConfig, config_from_dict, replace
+from foveal.model.backbones import ARCHITECTURE
 from foveal.model.build import build_model
 
 CONFIG, WEIGHTS = "config.json", "model.safetensors"
@@ -34,7 +39,27 @@ def save_pretrained(model, cfg: RunConfig, tokenizer, folder: str | Path) -> Pat
     (folder / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=1))
     save_model(model, str(folder / WEIGHTS))  # shared tensors (tied embeddings) stored once
     tokenizer.save_pretrained(str(folder))
+    m = cfg.model
+    if m.dino.source != "random":
+        model.encoder.dino.config.save_pretrained(str(folder / "dino"))
+    if m.llm.source != "random":
+        model.llm.config.save_pretrained(str(folder / "llm"))
+    if m.target == "vae" and m.vae.source != "random":
+        model.target.build_vae().save_pretrained(str(folder / "vae"))
     return folder
+
+
+def portable(cfg: RunConfig, folder: Path) -> RunConfig:
+    """cfg with every source that save_pretrained stored in the folder pointed there."""
+    model: dict = {}
+    for name in ("dino", "llm"):
+        if (folder / name / "config.json").is_file():
+            model[name] = {"source": f"{ARCHITECTURE}{folder / name}"}
+    if cfg.model.llm.tokenizer != "words":
+        model.setdefault("llm", {})["tokenizer"] = str(folder)
+    if (folder / "vae").is_dir():
+        model["vae"] = {"source": str(folder / "vae")}
+    return replace(cfg, model=model) if model else cfg
 
 
 def from_pretrained(folder: str | Path, device: str = "cpu"):
@@ -43,7 +68,7 @@ def from_pretrained(folder: str | Path, device: str = "cpu"):
     if not is_pretrained(folder):
         raise PretrainedError(f"{folder} is not an exported model: it needs {CONFIG} and {WEIGHTS} (foveal export)")
     try:
-        cfg = config_from_dict(json.loads((folder / CONFIG).read_text()))
+        cfg = portable(config_from_dict(json.loads((folder / CONFIG).read_text())), folder)
     except (json.JSONDecodeError, ConfigError) as e:
         raise PretrainedError(f"{folder / CONFIG}: {e}") from None
     model, tokenizer = build_model(cfg)
