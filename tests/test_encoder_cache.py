@@ -8,7 +8,8 @@ import torch
 
 from foveal.config import ConfigError, load_config, replace
 from foveal.model.build import build_model
-from foveal.train.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes
+from foveal.train import encoder_cache
+from foveal.train.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes, shared_cache
 from foveal.train.loop import train
 
 
@@ -78,3 +79,19 @@ def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, lo
         rows.append([json.loads(x)["loss"] for x in lines])
     assert "encoder cache:" in logs()
     torch.testing.assert_close(torch.tensor(rows[1]), torch.tensor(rows[0]), rtol=1e-4, atol=1e-6)
+
+
+def test_models_with_one_frozen_encoder_share_its_cache(tiny_cfg, tmp_path, model_cfg, monkeypatch):
+    """Two heads trained one after the other over the same 8 clips (one epoch each): the second encodes none of them;
+    another encoder's weights or another precision get a cache of their own."""
+    monkeypatch.setattr(encoder_cache, "_SHARED", {})  # what earlier tests cached stays out of the counts
+    kw = {"data.train_clips": 8, "data.heldout_clips": 2, "train.steps": 2, "train.encoder_cache": True}
+    for head in ("film", "mlp"):
+        train(replace(tiny_cfg(**kw, **{"model.head": head}), out_dir=str(tmp_path / head)))
+    model, _ = build_model(tiny_cfg(**kw))  # the same seed: the same frozen encoder
+    cache = shared_cache(model.encoder.dino, "fp32", 64)
+    assert (len(cache), cache.misses, cache.hits) == (8, 8, 8)
+    assert shared_cache(model.encoder.dino, "bf16", 64) is not cache
+    other, _ = model_cfg  # 3-frame config, same weights: its cache is a fresh one now (only the newest is kept)
+    torch.nn.init.zeros_(other.encoder.dino.embeddings.cls_token)
+    assert len(shared_cache(other.encoder.dino, "fp32", 64)) == 0

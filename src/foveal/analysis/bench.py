@@ -150,7 +150,9 @@ class Step:
     def loss(self) -> torch.Tensor:
         t = self.cfg.train
         with autocast_for(self.precision, self.device):
-            patches = self.cache.lookup(self.keys, self.batch.frames, self.model.encode) if self.cache else None
+            patches = (
+                self.cache.lookup(self.keys, self.batch.frames, self.model.encode) if self.cache is not None else None
+            )
             o = self.objective
             out = self.model(
                 self.batch, recon=o.recon, caption=o.caption, fine_iterations=t.fine_iterations, cache=patches

@@ -4,16 +4,19 @@ epochs), so each clip is encoded once and its PatchCache kept in memory, keyed b
 Clips are kept first come, first kept: once the budget is full, the clips not held are encoded at every visit. Under
 the per-epoch random order a fixed set of held clips gets the same hit rate as any eviction policy would, with no
 churn. The entries are exactly what `model.encode` returned (same dtype: bf16 K/V under bf16 autocast), so a cached
-step computes what an uncached one does.
+step computes what an uncached one does. One cache per frozen encoder is shared by every run of the process
+(shared_cache): compare's models encode each clip once between them.
 """
 
 from __future__ import annotations
 
 import torch
 
+from foveal.model.backbones import fingerprint
 from foveal.model.encoder import PatchCache
 
 MIB = 2**20
+_SHARED: dict[str, EncoderCache] = {}  # fingerprint|precision -> the cache (shared_cache)
 
 
 def clip_bytes(model, num_frames: int, frame_size: int, precision: str) -> int:
@@ -37,6 +40,17 @@ def cache_plan(model, cfg, num_clips: int) -> str:
         f"{num_clips} clips need {num_clips * per_clip / MIB:.0f} MiB, train.encoder_cache_mib={t.encoder_cache_mib} "
         f"holds {held} ({100 * held / max(num_clips, 1):.0f}%)"
     )
+
+
+def shared_cache(dino, precision: str, budget_mib: int) -> EncoderCache:
+    """The process's cache for this frozen encoder: keyed by its weights' fingerprint and the precision, so the models
+    of one `compare` (or study, or notebook session) that share a frozen encoder encode each clip once between them.
+    Only the newest encoder's cache is kept, so at most one budget is ever held."""
+    key = f"{fingerprint(dino)}|{precision}"
+    if key not in _SHARED:
+        _SHARED.clear()
+        _SHARED[key] = EncoderCache(budget_mib)
+    return _SHARED[key]
 
 
 class EncoderCache:

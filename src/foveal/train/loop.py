@@ -41,7 +41,7 @@ from foveal.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from foveal.train.encoder_cache import EncoderCache, cache_plan
+from foveal.train.encoder_cache import EncoderCache, cache_plan, shared_cache
 from foveal.train.logger import MetricsLogger, check_wandb, scalars
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import step_ratio, summarize_run
@@ -137,7 +137,7 @@ def set_up(cfg: RunConfig) -> Run:
             f"note: {t.steps} steps cover the {len(train_set)} training clips {epochs:.1f} times; trust the held-out"
             " numbers, or raise data.train_clips"
         )
-    enc_cache = EncoderCache(t.encoder_cache_mib) if t.encoder_cache else None  # frozen encoder (validated)
+    enc_cache = shared_cache(model.encoder.dino, t.precision, t.encoder_cache_mib) if t.encoder_cache else None
     if enc_cache is not None and dist.main:
         log.info(cache_plan(model, cfg, len(train_set)))
     opt, sched = make_optimizer(model, t, dist.device)
@@ -206,7 +206,7 @@ def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Te
     t, model, objective = run.cfg.train, run.model, run.objective
     batch = make_batch(raw, run.dist.device, objective.caption)
     with contextlib.nullcontext() if sync else net.no_sync(), autocast:
-        patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache else None
+        patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache is not None else None
         looks = None
         if model.options.look == "oracle" or t.look_supervision:
             looks = target_looks(run.train_set, raw["index"], model.encoder.patch_size).to(batch.frames.device)
