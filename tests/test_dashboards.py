@@ -116,3 +116,14 @@ def test_a_missing_wandb_package_stops_before_any_work(tmp_path, monkeypatch, ca
     assert not (tmp_path / "run").exists()
     assert main(["train", "--wandb-group", "g", *tiny_overrides(), f"out_dir={tmp_path / 'run'}"]) == 1
     assert "the wandb package is not installed" in capsys.readouterr().err
+
+
+def test_evaluating_during_training_leaves_training_unchanged(tmp_path, cache_dir):
+    """The held-out evaluation draws random numbers (bootstrap, shuffled looks); training must not see them."""
+    losses = []
+    for every in (0, 2):
+        over = tiny_overrides(**{"train.eval_every": every, "train.steps": 4, "train.tensorboard": every > 0})
+        train(load_config("tiny", overrides=[*over, f"out_dir={tmp_path / str(every)}", f"cache_dir={cache_dir}"]))
+        rows = (tmp_path / str(every) / "metrics.jsonl").read_text().splitlines()
+        losses.append([json.loads(line)["loss"] for line in rows])
+    assert losses[0] == losses[1]

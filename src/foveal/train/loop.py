@@ -383,13 +383,16 @@ def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
 
 def evaluate_now(run: Run, row: dict, logger: MetricsLogger) -> None:
     """The held-out numbers at this step into the row (eval/...: ratios with intervals, controls, attention on the
-    target) and, for the dashboards, held-out clip 0 drawn as `foveal viz` draws it."""
+    target) and, for the dashboards, held-out clip 0 drawn as `foveal viz` draws it. The RNG states are put back
+    after it: a run with evaluations trains exactly as one without."""
+    state = rng_state()
     ev = summarize(heldout(run), seed=run.cfg.train.seed)
     row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})  # report.html's curve
     row.update(scalars(ev, "eval"))
     if logger.tb or logger.wandb:
         clip = dataset_clip(run.heldout_set, 0, "held-out clip 0")
         logger.image("eval/attention", figure_pixels(grid_figure(analyse(run.model, run.cfg, clip))), row["step"])
+    set_rng_state(state)
 
 
 def progress_line(run: Run, row: dict) -> str:
