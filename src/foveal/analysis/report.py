@@ -348,6 +348,23 @@ figcaption { font-size: 13px; color: #444; } .warn { color: #a40; }
 """
 
 
+def gallery_sections(folder: Path, runs: dict[str, Path], gallery_clips: int | None) -> list[str]:
+    """Each run's gallery (a failed drawing is named, never hides the numbers already written)."""
+    out: list[str] = []
+    for name, run in runs.items():
+        count = gallery_clips if gallery_clips is not None else _config(run).get("train", {}).get("report_clips", 2)
+        try:
+            clips = gallery(run, count)
+        except Exception as e:  # the run's numbers are already saved; a failed drawing must not hide them
+            log.warning(f"report: gallery of {run} failed: {e!r}")
+            out.append(f"<p class=warn>{html.escape(name)}: gallery failed: {html.escape(repr(e))}</p>")
+            continue
+        if clips:
+            prefix = "" if run == folder else f"{run.relative_to(folder).as_posix()}/"
+            out.append(gallery_html(name, prefix, clips))
+    return out
+
+
 def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
     """Write <folder>/report.html (and its pictures) for a run folder or a comparison folder; returns its path.
     gallery_clips: held-out clips drawn per run (default: each run's train.report_clips)."""
@@ -397,17 +414,7 @@ def write_report(folder: str | Path, gallery_clips: int | None = None) -> Path:
         "title), then frame t+1: the true latent, the coarse and fine predictions made with what was read from "
         "frame t, and the copy-last baseline, each with its MSE. <code>foveal viz</code> draws any clip.</p>"
     )
-    for name, run in runs.items():
-        count = gallery_clips if gallery_clips is not None else _config(run).get("train", {}).get("report_clips", 2)
-        try:
-            clips = gallery(run, count)
-        except Exception as e:  # the run's numbers are already saved; a failed drawing must not hide them
-            log.warning(f"report: gallery of {run} failed: {e!r}")
-            body.append(f"<p class=warn>{html.escape(name)}: gallery failed: {html.escape(repr(e))}</p>")
-            continue
-        if clips:
-            prefix = "" if run == folder else f"{run.relative_to(folder).as_posix()}/"
-            body.append(gallery_html(name, prefix, clips))
+    body += gallery_sections(folder, runs, gallery_clips)
 
     page = (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
