@@ -36,7 +36,7 @@ def where(tmp_path_factory):
     model, tok = build_model(cfg)
     _, heldout = build_datasets(cfg)
     targets = torch.randn(len(heldout), 4, *model.target_shape)
-    model.target.store = {heldout[i]["key"]: targets[i] for i in range(len(heldout))}  # the vae target's lookup
+    model.target.store.update({heldout[i]["key"]: targets[i] for i in range(len(heldout))})  # the vae target's lookup
     return model, Collator(tok), heldout, targets
 
 

@@ -31,7 +31,7 @@ def test_16_bit_png_frames_are_scaled_not_saturated(tmp_path):
     assert [int(frames[i].float().mean()) for i in range(4)] == [63, 127, 191, 255]
 
 
-def test_a_folder_named_like_a_video_gets_its_own_reason(tmp_path, capsys):
+def test_a_folder_named_like_a_video_gets_its_own_reason(tmp_path, logs):
     spec = SynthSpec()
     write_video(tmp_path / "good", render_clip(spec, 32, 8, 0, 0).frames)
     write_video(tmp_path / "good2", render_clip(spec, 32, 8, 0, 1).frames)
@@ -39,7 +39,7 @@ def test_a_folder_named_like_a_video_gets_its_own_reason(tmp_path, capsys):
     m = write_manifest(tmp_path / "m.csv", [{"path": "good.mp4"}, {"path": "good2.mp4"}, {"path": "x.mp4"}])
     train, _ = file_datasets(data_cfg(m), 32)
     assert train.skipped == {"folder named like a video": ["x.mp4"]}
-    assert "is a directory, not a .mp4 file" in capsys.readouterr().err
+    assert "is a directory, not a .mp4 file" in logs()
 
 
 def test_manifest_without_header_is_a_clear_error(tmp_path):
@@ -50,14 +50,14 @@ def test_manifest_without_header_is_a_clear_error(tmp_path):
         file_datasets(data_cfg(tmp_path / "noheader.csv"), 32)
 
 
-def test_unknown_columns_are_named_once(tmp_path, capsys):
+def test_unknown_columns_are_named_once(tmp_path, logs):
     manifest = write_synthetic(tmp_path, videos=3, frames=4, size=32, codec="png")
     lines = manifest.read_text().splitlines()
     (tmp_path / "extra.csv").write_text(
         "\n".join([lines[0] + ",captoin,fps"] + [ln + ",typo,8" for ln in lines[1:]]) + "\n"
     )
     file_datasets(data_cfg(tmp_path / "extra.csv"), 32)
-    warnings = [ln for ln in capsys.readouterr().err.splitlines() if "unknown column" in ln]
+    warnings = [ln for ln in logs().splitlines() if "unknown column" in ln]
     assert len(warnings) == 1 and "captoin, fps" in warnings[0]
 
 

@@ -178,6 +178,9 @@ class DataConfig:
     frame_gap: int = 1  # synthetic: render steps between consecutive frames (0: a still clip); files: use window
     synthetic: SynthSpec = field(default_factory=SynthSpec)
     num_workers: int = 0
+    validate: str = "auto"  # files: "eager" probes every clip at start-up | "lazy" probes each training clip when
+    #                          first read, by the rank and worker that reads it (held-out clips: at start-up) |
+    #                          "auto": lazy above 10,000 listed videos
 
 
 @dataclass
@@ -624,6 +627,12 @@ def _check_data(cfg: RunConfig) -> None:
     if d.heldout_fraction is not None and not 0 <= d.heldout_fraction < 1:
         raise ConfigError(f"data.heldout_fraction: must be in [0, 1) or null, got {d.heldout_fraction}")
     _one_of("data.resize", d.resize, ["crop", "squash"])
+    _one_of("data.validate", d.validate, ["auto", "eager", "lazy"])
+    if d.validate == "lazy" and d.window_stride:
+        raise ConfigError(
+            "data.validate: lazy cannot cut windows by data.window_stride (how many fit is known only after probing "
+            "each video); use data.windows=N or data.validate=eager"
+        )
     _check_window(d.window)
     if d.frame_rate <= 0:
         raise ConfigError(f"data.frame_rate: must be > 0, got {d.frame_rate}")

@@ -2,7 +2,9 @@
 
 The cache (cache_dir/latents/<VAE weights fingerprint>/, safetensors shards) is keyed by the clip, the exact frames
 sampled from it, their size, and the VAE's weights: training and compare read it and never re-encode a cached clip;
-another VAE or another sampling (frames, window, resize, frame size) gets new entries.
+another VAE or another sampling (frames, window, resize, frame size) gets new entries. Under torchrun every rank
+encodes every world-th missing clip into its own index (no clip twice, no file shared); an interrupted precompute
+resumes with the clips still missing. Nothing is stacked in memory: the latents stay on disk.
 """
 
 from __future__ import annotations
@@ -12,35 +14,38 @@ import time
 from foveal.config import ConfigError, RunConfig
 from foveal.data.dataset import build_datasets
 from foveal.data.latent_cache import LatentCache
+from foveal.data.video import merge_skips
 from foveal.model.backbones import build_vae, fingerprint
-from foveal.model.targets.vae import dataset_keys, latents_for
+from foveal.model.targets.vae import VAETarget, dataset_keys, encode_missing
+from foveal.train import distributed
 
 
 def precompute(cfg: RunConfig) -> dict:
-    """Encode what the cache lacks for cfg's train and held-out clips; returns counts and timings."""
+    """Encode what the cache lacks for cfg's train and held-out clips; returns counts and timings (all ranks)."""
     if cfg.model.target != "vae":
         raise ConfigError(
             f"model.target: {cfg.model.target!r} targets are made during training; only vae latents are precomputed"
         )
-    t0 = time.time()
+    t0, dist = time.time(), distributed.setup("cpu")
     train_set, heldout_set = build_datasets(cfg)
     vae = build_vae(cfg.model.vae, cfg.model.frame_size, cfg.train.seed)
     cache = LatentCache(cfg.cache_path, fingerprint(vae))
-    setup_s = time.time() - t0
-    out = {"cache": str(cache.dir), "setup_s": round(setup_s, 1)}
+    out = {"cache": str(cache.dir), "setup_s": round(time.time() - t0, 1), "ranks": dist.world}
     for name, dataset in (("train", train_set), ("heldout", heldout_set)):
-        keys = dataset_keys(dataset)
-        missing = len(cache.missing(keys))
-        t1 = time.time()
-        latents = latents_for(dataset, vae, cache, f"{name} clips")
-        seconds = time.time() - t1
+        missing, t1 = len(cache.missing(dataset_keys(dataset))), time.time()
+        encoded = encode_missing(dataset, vae, cache, f"{name} clips", dist.rank, dist.world)
+        dist.barrier()  # every rank's shards are written before anyone reads the whole cache
+        encoded, seconds = int(dist.sum([encoded])[0]), time.time() - t1
+        cache = LatentCache(cfg.cache_path, fingerprint(vae))  # re-read: the other ranks' indices too
         out[name] = {
             "clips": len(dataset),
-            "encoded": missing,
+            "encoded": encoded,
             "from_cache": len(dataset) - missing,
             "seconds": round(seconds, 2),
-            "clips_per_s": round(missing / seconds, 2) if missing else None,
-            "latent_shape": list(latents.shape[1:]),  # [T, C, h, w]
+            "clips_per_s": round(encoded / seconds, 2) if encoded else None,
+            "latent_shape": [cfg.data.num_frames, *VAETarget.shape_for(cfg, 0, 0)],  # [T, C, h, w]
         }
-    out["data_skipped"] = {reason: len(names) for reason, names in getattr(train_set, "skipped", {}).items()}
+    skipped = merge_skips(dist.gather(dict(getattr(train_set, "skipped", {}))))
+    out["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}
+    distributed.teardown()
     return out

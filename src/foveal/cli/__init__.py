@@ -4,6 +4,7 @@ and `torchrun -m foveal` work the same."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from foveal import __version__, log
@@ -15,6 +16,7 @@ from foveal.cli.commands import (
     cmd_caption,
     cmd_compare,
     cmd_config,
+    cmd_data_shard,
     cmd_data_synth,
     cmd_eval,
     cmd_export,
@@ -178,6 +180,14 @@ def add_data(sub) -> None:
         "vp9: .webm; mpeg4: .avi; png / jpg: frame folders",
     )
     p.set_defaults(func=cmd_data_synth)
+    p = data_sub.add_parser(
+        "shard", help="cut the clips of --data (train and held-out) into tar shards of decoded frames; resumable"
+    )
+    p.add_argument("--out", required=True, help="output folder (shards.json + <split>-NNNNNN.tar); train with --data")
+    p.add_argument("--shard-size", type=at_least_1, default=256, help="clips per shard")
+    p.add_argument("--jobs", type=at_least_1, default=os.cpu_count() or 1, help="shards written at once (processes)")
+    add_config_args(p, training=False)
+    p.set_defaults(func=cmd_data_shard)
 
 
 def add_viz(sub) -> None:
@@ -224,6 +234,12 @@ def add_bench(sub) -> None:
         action="store_true",
         help="instead: time `foveal train --steps 2` with an empty, then a warm target cache (fresh processes)",
     )
+    p.add_argument(
+        "--data-scale",
+        action="store_true",
+        help="instead: start-up to the first step and peak RSS of `foveal train` over manifests of --rows rows",
+    )
+    p.add_argument("--rows", default="1000,100000,1000000", help="--data-scale: manifest sizes, comma-separated")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's: one per core)")
     p.add_argument("--device", default=None, help="cpu | cuda (default cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")

@@ -15,6 +15,7 @@ import yaml
 
 from foveal.analysis.bench import bench, format_table
 from foveal.analysis.compare import compare
+from foveal.analysis.datascale import data_scale_bench, format_data_scale
 from foveal.analysis.inference import caption_clips, evaluate_modes, load_clip, load_run
 from foveal.analysis.info import describe
 from foveal.analysis.precompute import precompute
@@ -25,12 +26,15 @@ from foveal.analysis.study import run_study
 from foveal.analysis.viz import visualize
 from foveal.api import load
 from foveal.config import PROTOCOLS, ConfigError, RunConfig, leaves, load_config, parse_sweep, replace
+from foveal.data.dataset import build_datasets
 from foveal.data.export import write_synthetic
+from foveal.data.shards import write_shards
 from foveal.jsonio import strict_json
 from foveal.model.build import target_shape
 from foveal.model.heads import HEADS, build_head
 from foveal.model.targets import TARGETS
 from foveal.objectives import OBJECTIVES
+from foveal.train import distributed
 from foveal.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -310,15 +314,32 @@ def cmd_data_synth(args) -> None:
     print(f"use them with: foveal train --data {manifest}")
 
 
+def cmd_data_shard(args) -> None:
+    cfg = config_from_args(args)
+    t0 = time.time()
+    train, heldout = build_datasets(cfg)
+    out = Path(args.out)
+    index = write_shards({"train": train, "heldout": heldout}, out, cfg.data, cfg.model.frame_size, args.shard_size,
+                         args.jobs)  # fmt: skip
+    clips = {split: sum(n for _, n in shards) for split, shards in index["splits"].items()}
+    seconds = time.time() - t0
+    print(f"wrote {out / 'shards.json'}: {clips['train']} train + {clips['heldout']} held-out clips in {seconds:.1f} s")
+    print(f"train on them with: foveal train --data {out}")
+
+
 def cmd_precompute(args) -> None:
     stats = precompute(config_from_args(args))
+    if not distributed.is_main():
+        return
     tr, ho = stats["train"], stats["heldout"]
     encoded, cached = tr["encoded"] + ho["encoded"], tr["from_cache"] + ho["from_cache"]
     seconds = tr["seconds"] + ho["seconds"]
     rate = f" in {seconds:.1f} s ({encoded / seconds:.2f} clips/s)" if encoded else ""
+    rate += f" by {stats['ranks']} ranks" if stats["ranks"] > 1 else ""
     print(
         f"latent cache {stats['cache']}: {tr['clips']} train + {ho['clips']} held-out clips, latents "
-        f"{'x'.join(map(str, tr['latent_shape']))} per clip; {encoded} encoded now{rate}, {cached} were cached"
+        f"{'x'.join(map(str, tr['latent_shape']))} per clip; {encoded} encoded now{rate}, "
+        f"{cached} were cached"
     )
 
 
@@ -345,11 +366,15 @@ def cmd_report(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    train_args = [*(["--preset", args.preset] if args.preset else []), *args.overrides]
+    say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     if args.startup:  # a first result's start-up, cold vs warm target cache (each in its own process)
-        train_args = [*(["--preset", args.preset] if args.preset else []), *args.overrides]
-        say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
         result = startup_bench(train_args, say)
         print(json.dumps(result) if args.json else format_startup(result))
+        return
+    if args.data_scale:  # start-up and memory against the manifest's length (fresh processes)
+        result = data_scale_bench(train_args, row_counts(args.rows), say)
+        print(json.dumps(result) if args.json else format_data_scale(result))
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -359,10 +384,19 @@ def cmd_bench(args) -> None:
     if args.encoder_cache:
         o.setdefault("train", {})["encoder_cache"] = True
     cfg = load_config(args.preset, args.config, [o, *args.overrides])
-    say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     device = torch.device(args.device) if args.device else None
     result = bench(cfg, args.steps, args.warmup, args.compare_naive, device, say)
     print(json.dumps(result) if args.json else format_table(result))
+
+
+def row_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 20:
+        raise ConfigError(f"--rows: {text!r}; give manifest sizes >= 20, comma-separated, e.g. 1000,100000")
+    return tuple(sorted(counts))
 
 
 def cmd_config(args) -> None:

@@ -6,6 +6,7 @@ A clip dataset yields {"frames": uint8 [T, 3, H, W], "caption": str, "key": str,
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict
 
@@ -14,8 +15,10 @@ from torch.utils.data import Dataset
 
 from foveal.config import ConfigError, DataConfig, RunConfig
 from foveal.data.frames import resize_frames
+from foveal.data.lazy import LAZY_ABOVE, count_listed, lazy_datasets
+from foveal.data.shards import is_shard_set, shard_datasets
 from foveal.data.synthetic import SynthClip, patch_masks, render_clip, target_attributes
-from foveal.data.video import file_datasets
+from foveal.data.video import file_datasets, source_path
 
 HELDOUT_OFFSET = 1_000_000  # synthetic held-out clips come from indices no training clip uses
 
@@ -80,12 +83,30 @@ def target_looks(dataset, index, patch: int) -> torch.Tensor | None:
     return torch.stack([dataset.target_patches(int(i), patch) for i in index])
 
 
+_BUILT: dict = {}  # compare builds the datasets once per model: list and probe once per process
+
+
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     """(train, held-out) clip datasets for cfg.data.source; held-out clips are never trained on."""
     d, size = cfg.data, cfg.model.frame_size
     if d.source == "synthetic":
         return SyntheticClips(d, size, d.train_clips), SyntheticClips(d, size, d.heldout_clips, HELDOUT_OFFSET)
-    return file_datasets(d, size)
+    src = source_path(d.source)
+    memo = (str(src.resolve()), src.stat().st_mtime_ns, json.dumps(asdict(d)), size)
+    if memo in _BUILT:
+        return _BUILT[memo]
+    if is_shard_set(src):
+        _BUILT[memo] = shard_datasets(src, d, size)
+    else:
+        _BUILT[memo] = lazy_datasets(d, size) if validates_lazily(d) else file_datasets(d, size)
+    return _BUILT[memo]
+
+
+def validates_lazily(d: DataConfig) -> bool:
+    """data.validate, with auto decided by the listing's length (eager messages up front where probing is quick)."""
+    if d.validate == "auto":
+        return not d.window_stride and count_listed(d.source) > LAZY_ABOVE
+    return d.validate == "lazy"
 
 
 def check_enough_clips(train_set: Dataset, cfg: RunConfig, world: int = 1) -> None:
@@ -124,21 +145,27 @@ class Collator:
             "caption_mask": caption_mask,
             "index": torch.tensor([it["index"] for it in items]),
             "keys": [it["key"] for it in items],
+            "skips": [skip for it in items for skip in it.get("skips", ())],  # bad clips found serving these
         }
 
 
 def micro_batch(k: int, n: int, batch: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
     """Dataset indices of this rank's part of the k-th global micro-batch. Stateless: a resumed run asks for batch
     k and gets exactly what the uninterrupted run got. Each epoch is a fresh seeded permutation; the ranks split
-    every global batch into disjoint slices, so world=2 with batch b sees what world=1 sees with batch 2b."""
+    every global batch into disjoint slices, so world=2 with batch b sees what world=1 sees with batch 2b, and
+    every clip is read once per epoch (but the last n mod global batch, a different few each epoch)."""
     per_epoch = n // (batch * world)
     if per_epoch == 0:
         raise ValueError(f"{n} clips are fewer than one global batch ({batch} x {world} ranks)")
     epoch, j = divmod(k, per_epoch)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n, generator=g)
     start = j * batch * world + rank * batch
-    return perm[start : start + batch].tolist()
+    return epoch_order(n, seed, epoch)[start : start + batch].tolist()
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The epoch's permutation of n clips, made once (10M clips: ~0.3 s and 80 MB, not per micro-batch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def frame_gap(cfg: RunConfig) -> dict:

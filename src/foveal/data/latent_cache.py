@@ -1,7 +1,11 @@
 """On-disk cache of per-clip tensors (VAE latents): each clip is encoded once per (pixels, encoder weights).
 
-cache_dir/latents/<weights fingerprint>/: shard-*.safetensors + index.json (clip key hash -> shard). The clip key
-names the clip *and* how it was sampled (frames, window, size), so an entry is reused only for the very same pixels.
+cache_dir/latents/<weights fingerprint>/: shard-*.safetensors (read memory-mapped, one clip at a time) and, per
+writing process (torchrun rank), an append-only index-<rank>.jsonl with one line per shard naming its entries. A
+write costs its shard, not the whole index (a rewritten index.json grew with the cache: quadratic at millions of
+clips), and ranks never write the same file. The clip key names the clip *and* how it was sampled (frames, window,
+size), so an entry is reused only for the very same pixels. A line cut short by a crash is ignored: its clips are
+encoded again.
 """
 
 from __future__ import annotations
@@ -16,12 +20,20 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+def writer_rank() -> str:
+    return os.environ.get("RANK", "0")  # under torchrun each rank appends to its own index
+
+
 class LatentCache:
     def __init__(self, cache_dir: str | Path, fingerprint: str):
         self.dir = Path(cache_dir) / "latents" / fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.dir / "index.json"
-        self.index: dict[str, str] = json.loads(self.index_path.read_text()) if self.index_path.exists() else {}
+        self.index: dict[str, str] = {}  # entry -> shard file
+        legacy = self.dir / "index.json"  # caches written before the append-only index
+        if legacy.exists():
+            self.index.update(json.loads(legacy.read_text()))
+        for part in sorted(self.dir.glob("index-*.jsonl")):
+            self.index.update(_read_index(part))
 
     @staticmethod
     def entry(key: str) -> str:
@@ -35,11 +47,12 @@ class LatentCache:
         name = f"shard-{hashlib.sha256(''.join(sorted(entries)).encode()).hexdigest()[:12]}.safetensors"
         tmp = self.dir / (name + ".tmp")
         save_file(entries, str(tmp))
-        os.replace(tmp, self.dir / name)
+        os.replace(tmp, self.dir / name)  # the shard exists whole before any index names it
+        with open(self.dir / f"index-{writer_rank()}.jsonl", "a") as f:
+            f.write(json.dumps({"shard": name, "entries": sorted(entries)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self.index.update({e: name for e in entries})
-        tmp_index = self.index_path.with_suffix(".tmp")
-        tmp_index.write_text(json.dumps(self.index))
-        os.replace(tmp_index, self.index_path)
 
     def get(self, keys: list[str]) -> torch.Tensor:
         """The entries of keys, stacked [N, ...] in the order asked."""
@@ -53,3 +66,14 @@ class LatentCache:
                 for i in rows:
                     out[i] = f.get_tensor(entries[i])
         return torch.stack(out)
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    index = {}
+    for line in path.read_text().splitlines():
+        try:
+            shard = json.loads(line)
+            index.update(dict.fromkeys(shard["entries"], shard["shard"]))
+        except (json.JSONDecodeError, KeyError, TypeError):  # the last line of a write cut short
+            continue
+    return index

@@ -47,12 +47,9 @@ def micro_batches(dataset, collate, order, ks: range, data: DataConfig):
         )
         try:
             for raw in loader:
-                idx = order(ks[done])
-                if hasattr(dataset, "key"):  # a worker found a clip undecodable: record it in this process too
-                    for i, key in zip(idx, raw["keys"]):
-                        if key != dataset.key(i):
-                            dataset[i]
-                yield idx, raw
+                for skip in raw["skips"]:  # what a worker found unreadable, counted in this process too
+                    dataset.skipped.add(*skip)
+                yield order(ks[done]), raw
                 done += 1
         except Exception as e:
             log.warning(

@@ -24,20 +24,20 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import itertools
 import json
 import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from tqdm import tqdm
 
 from foveal.config import ConfigError, DataConfig
@@ -53,8 +53,9 @@ SEEK_GAP_S = 2.0  # decode forward across gaps up to this long; seek to the keyf
 SHOWN_PER_REASON = 20  # warnings printed per skip reason; the rest are only counted
 
 
-def _main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"  # under torchrun every rank builds the data; one of them talks
+def main_process() -> bool:
+    """Under torchrun every rank builds the data and DataLoader workers read it; one process talks."""
+    return os.environ.get("RANK", "0") == "0" and get_worker_info() is None
 
 
 class Skips(dict):
@@ -70,9 +71,9 @@ class Skips(dict):
         self._seen.add((reason, name))
         names = self.setdefault(reason, [])
         names.append(name)
-        if _main_process() and len(names) <= SHOWN_PER_REASON:
+        if main_process() and len(names) <= SHOWN_PER_REASON:
             log.warning(f"warning: skipped {name}: {reason}" + (f" ({detail})" if detail else ""))
-        elif _main_process() and len(names) == SHOWN_PER_REASON + 1:
+        elif main_process() and len(names) == SHOWN_PER_REASON + 1:
             log.warning(f"warning: further clips skipped for '{reason}' are only counted")
 
     def counts(self) -> dict[str, int]:
@@ -80,6 +81,15 @@ class Skips(dict):
 
     def summary(self) -> str:
         return ", ".join(f"{n} {reason}" for reason, n in self.counts().items()) or "none"
+
+
+def merge_skips(parts: list[dict[str, list[str]]]) -> dict[str, list[str]]:
+    """Several processes' skips (ranks, workers) as one: reason -> names, each name once."""
+    out: dict[str, list[str]] = {}
+    for part in parts:
+        for reason, names in part.items():
+            out[reason] = list(dict.fromkeys([*out.get(reason, []), *names]))
+    return out
 
 
 class BadClip(Exception):
@@ -107,19 +117,22 @@ class Clip:
 # listing
 
 
-def list_clips(source: str, skipped: Skips) -> list[Clip]:
+def source_path(source: str) -> Path:
+    """data.source as a folder or a manifest that exists, or one line saying what to give instead."""
     src = Path(source).expanduser()
     if not src.exists():
         raise ConfigError(
             f"data.source: {source} does not exist; use 'synthetic', a manifest (.csv/.jsonl) or a folder of "
             f"<video_id>/frame_*.jpg folders (`foveal data synth --out DIR` writes an example)"
         )
-    if src.is_dir():
-        clips = _list_folder(src)
-    elif src.suffix.lower() in MANIFEST_EXTS:
-        clips = _list_manifest(src, skipped)
-    else:
+    if not src.is_dir() and src.suffix.lower() not in MANIFEST_EXTS:
         raise ConfigError(f"data.source: {source} is neither a folder nor a manifest ({', '.join(MANIFEST_EXTS)})")
+    return src
+
+
+def list_clips(source: str, skipped: Skips) -> list[Clip]:
+    src = source_path(source)
+    clips = list_folder(src) if src.is_dir() else _list_manifest(src, skipped)
     unique, seen, files = [], set(), {}
     for clip in clips:  # one id, one clip; one file, one clip: the held-out split stays disjoint from training
         if clip.name in seen:
@@ -135,7 +148,7 @@ def list_clips(source: str, skipped: Skips) -> list[Clip]:
     return unique
 
 
-def _list_folder(root: Path) -> list[Clip]:
+def list_folder(root: Path) -> list[Clip]:
     clips = []
     for p in sorted(root.iterdir()):
         if p.name.startswith("."):
@@ -148,19 +161,22 @@ def _list_folder(root: Path) -> list[Clip]:
     return clips
 
 
-def _manifest_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")  # -sig: a spreadsheet's byte-order mark is no column
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(
-            f"data.source: {path} is not UTF-8 (byte 0x{data[e.start]:02x} on line {line}); re-save it as UTF-8, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
-        ) from None
+def manifest_lines(path: Path):
+    """(line number, text) of a UTF-8 manifest, streamed (a 10M-row manifest is never all in memory); the text
+    keeps its line end, as csv needs for quoted fields that span lines."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")  # -sig: a spreadsheet's byte-order mark
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"data.source: {path} is not UTF-8 (byte 0x{raw[e.start]:02x} on line {line_no}); re-save it as "
+                    f"UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}"
+                ) from None
+            yield line_no, text
 
 
-def _check_columns(path: Path, columns: list[str], first_line: str) -> None:
+def check_columns(path: Path, columns: list[str], first_line: str) -> None:
     names = [c.strip().lower() for c in columns if c is not None]
     if "path" not in names and "videoid" not in names:
         raise ConfigError(
@@ -168,60 +184,78 @@ def _check_columns(path: Path, columns: list[str], first_line: str) -> None:
             f"a csv manifest starts with a header line, e.g. path,caption"
         )
     unknown = [c for c in names if c and c not in MANIFEST_COLUMNS]
-    if unknown and _main_process():
+    if unknown and main_process():
         log.warning(
             f"warning: {path.name}: ignoring unknown column(s) {', '.join(unknown)} "
             f"(known: {', '.join(MANIFEST_COLUMNS)})"
         )
 
 
-def _manifest_rows(path: Path):
-    """('manifest:line', row dict or None when the line is not a JSON object)."""
+COLUMNS_FROM_ROWS = 1000  # a jsonl manifest's columns are those of its first rows
 
-    text = _manifest_text(path)
+
+def manifest_rows(path: Path):
+    """('manifest:line', row dict or None when the line is not a JSON object), streamed."""
+    lines = manifest_lines(path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        _check_columns(path, reader.fieldnames or [], text.split("\n", 1)[0])
+        _, first = next(lines, (0, ""))
+        reader = csv.DictReader(itertools.chain([first], (text for _, text in lines)))
+        check_columns(path, reader.fieldnames or [], first)
         for row in reader:
             yield f"{path.name}:{reader.line_num}", row
         return
-    rows = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        rows.append((f"{path.name}:{line_no}", row if isinstance(row, dict) else None))
-    columns = list(dict.fromkeys(str(k) for _, row in rows if row for k in row))
-    _check_columns(path, columns, text.split("\n", 1)[0])
-    yield from rows
+    head, columns, first_line = [], {}, None
+    for line_no, line in lines:
+        first_line = line if first_line is None else first_line
+        if line.strip():
+            head.append((f"{path.name}:{line_no}", _json_object(line)))
+            columns.update(dict.fromkeys(str(k) for k in (head[-1][1] or ())))
+        if len(head) == COLUMNS_FROM_ROWS:
+            break
+    check_columns(path, list(columns), first_line or "")
+    yield from head
+    for line_no, line in lines:
+        if line.strip():
+            yield f"{path.name}:{line_no}", _json_object(line)
+
+
+def _json_object(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def _list_manifest(manifest: Path, skipped: Skips) -> list[Clip]:
-    root = manifest.parent
     clips = []
-    for where, raw in _manifest_rows(manifest):
-        if raw is None:
-            skipped.add("unreadable manifest row", where, "not a JSON object")
-            continue
-        row = {str(k).strip().lower(): "" if v is None else str(v).strip() for k, v in raw.items() if k is not None}
-        videoid, rel = row.get("videoid", ""), row.get("path", "")
-        if rel:
-            path = root / Path(rel).expanduser()  # an absolute path stays absolute
-            if not videoid:  # named by its path: one name for every spelling of it (./a.mp4, x/../a.mp4, /abs/a.mp4)
-                rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
-        elif videoid:
-            path = _find_video(root, videoid, row.get("page_dir", ""))
-        else:
-            skipped.add("manifest row without a path", where, "needs a 'path' or 'videoid' column value")
-            continue
-        clips.append(Clip(videoid or rel, path, row.get("caption") or row.get("name", "")))
+    for where, raw in manifest_rows(manifest):
+        clip = manifest_clip(where, raw, manifest.parent, skipped)
+        if clip is not None:
+            clips.append(clip)
     return clips
 
 
-def _find_video(root: Path, videoid: str, page_dir: str) -> Path:
+def manifest_clip(where: str, raw: dict | None, root: Path, skipped: Skips) -> Clip | None:
+    """One manifest row -> a Clip, or None (skipped and counted)."""
+    if raw is None:
+        skipped.add("unreadable manifest row", where, "not a JSON object")
+        return None
+    row = {str(k).strip().lower(): "" if v is None else str(v).strip() for k, v in raw.items() if k is not None}
+    videoid, rel = row.get("videoid", ""), row.get("path", "")
+    if rel:
+        path = root / Path(rel).expanduser()  # an absolute path stays absolute
+        if not videoid:  # named by its path: one name for every spelling of it (./a.mp4, x/../a.mp4, /abs/a.mp4)
+            rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+    elif videoid:
+        path = find_video(root, videoid, row.get("page_dir", ""))
+    else:
+        skipped.add("manifest row without a path", where, "needs a 'path' or 'videoid' column value")
+        return None
+    return Clip(videoid or rel, path, row.get("caption") or row.get("name", ""))
+
+
+def find_video(root: Path, videoid: str, page_dir: str) -> Path:
     for base in ([root / page_dir] if page_dir else []) + [root]:
         for candidate in [base / videoid, *(base / f"{videoid}{ext}" for ext in VIDEO_EXTS)]:
             if candidate.exists():
@@ -378,9 +412,10 @@ def to_model_frames(arrays: list[np.ndarray], size: int, mode: str) -> torch.Ten
     return torch.cat([resize_frames(f[None], size, mode) for f in frames])  # frames of different sizes: rare
 
 
-def probe(clip: Clip, d: DataConfig, frame_size: int) -> list[Clip]:
+def probe(clip: Clip, d: DataConfig, frame_size: int, check: bool = True) -> list[Clip]:
     """Choose each window's T frames and check they can be read: the video's clips (one unless data.windows /
-    data.window_stride cut more); raises BadClip naming the reason."""
+    data.window_stride cut more); raises BadClip naming the reason. check=False skips the test decode (a lazy read
+    decodes the frames right after, which is the test)."""
     path = clip.path
     if not path.exists():
         raise BadClip("missing file", str(path))
@@ -389,10 +424,10 @@ def probe(clip: Clip, d: DataConfig, frame_size: int) -> list[Clip]:
             raise BadClip(
                 "folder named like a video", f"{path} is a directory, not a {path.suffix} file; point at the file"
             )
-        kind, (windows, starts) = "frames", _probe_frames(path, d)
+        kind, (windows, starts) = "frames", _probe_frames(path, d, check)
         identity = [",".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in w) for w in windows]
     else:
-        kind, (windows, starts) = "video", _probe_video(path, d)
+        kind, (windows, starts) = "video", _probe_video(path, d, check)
         stat = path.stat()
         identity = [f"{stat.st_size}:{stat.st_mtime_ns}:pts={','.join(map(str, w))}" for w in windows]
     rate = f"|rate={d.frame_rate:g}" if kind == "frames" else ""
@@ -404,7 +439,7 @@ def probe(clip: Clip, d: DataConfig, frame_size: int) -> list[Clip]:
     return clips
 
 
-def _probe_frames(path: Path, d: DataConfig) -> tuple[list[list[Path]], list[float]]:
+def _probe_frames(path: Path, d: DataConfig, check: bool = True) -> tuple[list[list[Path]], list[float]]:
     """Each window's image files and its start in seconds; every chosen image is read once."""
     files = sorted(
         (f for f in path.iterdir() if f.name.startswith("frame_") and f.suffix.lower() in IMAGE_EXTS),
@@ -413,7 +448,7 @@ def _probe_frames(path: Path, d: DataConfig) -> tuple[list[list[Path]], list[flo
     times = np.arange(len(files)) / d.frame_rate
     chosen = select_windows(times, d.num_frames, d)
     windows = [[files[i] for i in w] for w in chosen]
-    for f in dict.fromkeys(f for w in windows for f in w):  # every chosen image once, in order
+    for f in dict.fromkeys(f for w in windows for f in w) if check else ():  # every chosen image once, in order
         if f.stat().st_size == 0:
             raise BadClip("unreadable image", f"{f.name}: zero-byte file")
         try:
@@ -423,7 +458,7 @@ def _probe_frames(path: Path, d: DataConfig) -> tuple[list[list[Path]], list[flo
     return windows, [round(float(times[w[0]]), 3) for w in chosen]
 
 
-def _probe_video(path: Path, d: DataConfig) -> tuple[list[list[int]], list[float]]:
+def _probe_video(path: Path, d: DataConfig, check: bool = True) -> tuple[list[list[int]], list[float]]:
     """Each window's pts and its start in seconds; the first and the last chosen frames are decoded."""
     ext = path.suffix.lower()
     if ext not in VIDEO_EXTS:
@@ -435,7 +470,8 @@ def _probe_video(path: Path, d: DataConfig) -> tuple[list[list[int]], list[float
         times = (pts - pts[0]) * time_base
         chosen = select_windows(times, d.num_frames, d)
         windows = [[int(pts[i]) for i in w] for w in chosen]
-        read_video(path, [windows[0][0], max(w[-1] for w in windows)])
+        if check:
+            read_video(path, [windows[0][0], max(w[-1] for w in windows)])
     except BadClip:
         raise
     except Exception as e:
@@ -464,39 +500,54 @@ def read_clip(path: str | Path, d: DataConfig, frame_size: int) -> dict:
 
 
 class VideoClips(Dataset):
-    """Probed clips -> {"frames": uint8 [T, 3, S, S], "caption", "key", "index"} (SyntheticClips' items)."""
+    """Probed clips -> {"frames": uint8 [T, 3, S, S], "caption", "key", "index", "skips"} (SyntheticClips' items).
+
+    A clip that fails to decode is served by the next good one (deterministically: every rank and worker serves
+    the same) and counted; the item's "skips" lists what serving it skipped, so a DataLoader worker's finds reach
+    the main process."""
 
     def __init__(self, clips: list[Clip], frame_size: int, resize: str, skipped: Skips):
         self.clips, self.frame_size, self.resize, self.skipped = clips, frame_size, resize, skipped
-        self.bad: set[int] = set()  # clips that failed to decode after probing; the next good clip stands in
+        self.bad: set[int] = set()  # clips that failed to decode; the next good clip stands in
 
     def __len__(self) -> int:
         return len(self.clips)
 
+    def clip(self, j: int) -> Clip:  # clip j, probed
+        return self.clips[j]
+
+    def name(self, j: int) -> str:
+        return self.clips[j].name
+
     def _serve(self, i: int) -> int:
-        n = len(self.clips)
+        n = len(self)
         for j in ((i + d) % n for d in range(n)):
             if j not in self.bad:
                 return j
         raise RuntimeError("data: no clip of this dataset decodes any more; see the warnings above")
 
     def key(self, i: int) -> str:
-        return self.clips[self._serve(i)].key
+        return self.clip(self._serve(i)).key
 
     def keys(self) -> list[str]:
         return [self.key(i) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> dict:
+        skips = []
         while True:
             j = self._serve(i)
-            clip = self.clips[j]
             try:
+                clip = self.clip(j)
                 frames = load_frames(clip, self.frame_size, self.resize)
+            except BadClip as e:  # a lazy probe's finding
+                skip = (e.reason, self.name(j), f"{e.detail}; the next clip stands in")
             except Exception as e:  # decoding failed after the probe: never stop the run for one file
-                self.bad.add(j)
-                self.skipped.add("decode failed", clip.name, f"{type(e).__name__}: {e}; the next clip stands in")
-                continue
-            return {"frames": frames, "caption": clip.caption, "key": clip.key, "index": i}
+                skip = ("decode failed", self.name(j), f"{type(e).__name__}: {e}; the next clip stands in")
+            else:
+                return {"frames": frames, "caption": clip.caption, "key": clip.key, "index": i, "skips": skips}
+            self.bad.add(j)
+            self.skipped.add(*skip)
+            skips.append(skip)
 
 
 def probe_all(listed: list[Clip], d: DataConfig, frame_size: int, skipped: Skips) -> list[Clip]:
@@ -546,15 +597,8 @@ def heldout_split(clips: list[Clip], held: set[str]) -> tuple[list[Clip], list[C
     return [c for c in clips if c.video not in held], [c for c in clips if c.video in held]
 
 
-_BUILT: dict = {}  # compare builds the datasets once per head: probe once per process
-
-
 def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClips]:
     """(train, held-out) clip datasets from a folder or manifest; disjoint, deterministic, bad clips skipped."""
-    src = Path(d.source).expanduser()
-    memo = (str(src.resolve()), src.stat().st_mtime_ns if src.exists() else 0, json.dumps(asdict(d)), frame_size)
-    if memo in _BUILT:
-        return _BUILT[memo]
     skipped = Skips()
     listed = list_clips(d.source, skipped)
     clips = probe_all(listed, d, frame_size, skipped)
@@ -572,7 +616,7 @@ def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClip
     train, heldout = heldout_split(clips, heldout_names(listed, d.heldout_clips, d.heldout_fraction))
     if not heldout and (d.heldout_fraction or d.heldout_clips):  # every held-out clip failed to probe
         train, heldout = heldout_split(clips, heldout_names(clips, max(1, d.heldout_clips)))
-        if _main_process():
+        if main_process():
             log.warning("warning: every held-out clip failed probing; holding out usable ones instead")
     if not train:
         raise ConfigError(
@@ -581,13 +625,11 @@ def file_datasets(d: DataConfig, frame_size: int) -> tuple[VideoClips, VideoClip
         )
     if d.train_clips:
         train = train[: d.train_clips]
-    if _main_process():
+    if main_process():
         skips = sum(skipped.counts().values())
         cut = f" cut from {videos} videos" if videos != len(clips) else ""
         log.info(
             f"data: {d.source}: {len(clips)} usable clips{cut} ({len(train)} train, {len(heldout)} held-out); "
             f"skipped {skips}" + (f": {skipped.summary()}" if skips else "")
         )
-    out = VideoClips(train, frame_size, d.resize, skipped), VideoClips(heldout, frame_size, d.resize, skipped)
-    _BUILT[memo] = out
-    return out
+    return VideoClips(train, frame_size, d.resize, skipped), VideoClips(heldout, frame_size, d.resize, skipped)

@@ -35,6 +35,14 @@ class Dist:
     def any(self, flag: bool) -> bool:
         return self.sum([float(flag)])[0] > 0
 
+    def gather(self, obj) -> list:
+        """Every rank's obj (any picklable value), in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
 
 def is_main() -> bool:
     """Whether this process is rank 0 (or the only one)."""

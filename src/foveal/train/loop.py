@@ -12,16 +12,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from foveal.config import RunConfig
 from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch, target_looks
 from foveal.data.loader import micro_batches
+from foveal.data.video import merge_skips
 from foveal.evaluation.controls import target_mass
 from foveal.evaluation.evaluate import evaluate, make_batch
 from foveal.evaluation.pictures import analyse, dataset_clip, grid_figure
@@ -77,6 +80,7 @@ class Run:
     t0: float = field(default_factory=time.time)
     first_step: int = 0  # the step this process started at (a resumed run: its checkpoint's)
     last_loss: float | None = None  # the last completed step's training loss (what best.pt follows)
+    startup: dict = field(default_factory=dict)  # this process's start to the first step: seconds, peak RSS
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -147,7 +151,12 @@ def set_up(cfg: RunConfig) -> Run:
     run.history = {p: {k: [] for k in objective.kinds} for p in ("ratio", "coarse", "fine")}
     if resume_from is not None:
         restore(run, resume_from)
+    run.startup = {"seconds": round(time.time() - psutil.Process().create_time(), 2), "peak_rss_mib": peak_rss_mib()}
     return run
+
+
+def peak_rss_mib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # Linux: KiB
 
 
 def restore(run: Run, path: Path) -> None:
@@ -353,7 +362,10 @@ def run_loop(run: Run) -> dict:
     bar.close()
     batches.close()  # stops any loader workers now
     save(run, run.step, run.last_loss)
-    results = finish(run) if dist.main else {}
+    mine = [getattr(run.heldout_set, "skipped", {}), getattr(run.train_set, "skipped", {})]
+    skipped = merge_skips(dist.gather(merge_skips(mine)))  # each rank found its own bad clips
+    startup = dist.gather(run.startup)
+    results = finish(run, skipped, startup) if dist.main else {}
     logger.finish(results)
     logger.close()
     dist.barrier()
@@ -405,15 +417,16 @@ def progress_line(run: Run, row: dict) -> str:
     )  # fmt: skip
 
 
-def finish(run: Run) -> dict:
-    """Held-out evaluation of the trained model; results.json and the per-clip arrays heldout_losses.pt."""
+def finish(run: Run, skipped: dict[str, list[str]], startup: list[dict]) -> dict:
+    """Held-out evaluation of the trained model; results.json and the per-clip arrays heldout_losses.pt.
+    skipped: the bad input files every rank found (reason -> names); startup: each rank's Run.startup."""
     cfg = run.cfg
     log.info(f"{cfg.model.head}: held-out evaluation on {len(run.heldout_set)} clips")
     arrays = heldout(run)
     run.model.target.flush()  # lazily computed targets (VAE latents) into the cache
     summary = summarize(arrays, seed=cfg.train.seed)
     results = summarize_run(cfg, run.model, run.history, summary, run.kinds, run.nonfinite, run.elapsed())
-    skipped = {**getattr(run.heldout_set, "skipped", {}), **getattr(run.train_set, "skipped", {})}
+    results["startup"] = {k: [rank[k] for rank in startup] for k in ("seconds", "peak_rss_mib")}  # per rank
     results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
     results["data_skipped_files"] = skipped
     (run.out / "results.json").write_text(strict_json(results))  # null for a missing number

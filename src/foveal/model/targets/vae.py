@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,8 @@ from foveal.model.backbones import build_vae, fingerprint, vae_downsample
 from foveal.model.targets.base import TARGETS, Target
 
 log = logging.getLogger(__name__)
+
+STORE_CLIPS = 4096  # latents kept in memory (full preset: 131 kB each, 0.5 GB); the rest are read from the cache
 
 
 @torch.no_grad()
@@ -37,24 +40,23 @@ def dataset_keys(dataset) -> list[str]:
     return dataset.keys() if hasattr(dataset, "keys") else [dataset[i]["key"] for i in range(len(dataset))]
 
 
-def latents_for(dataset, vae, cache: LatentCache, desc: str = "latents") -> torch.Tensor:
-    """Latents [N, T, C, h, w] of every clip in dataset, encoding only clips not yet in the cache."""
-    keys = dataset_keys(dataset)
-    todo = cache.missing(keys)
-    if todo:
-        t0, new = time.time(), {}
-        for i in progress(todo, desc=f"VAE-encoding {desc}", unit="clip"):
-            item = dataset[i]
-            new[item["key"]] = encode_latents(vae, item["frames"])
-            if len(new) >= 256:
-                cache.put(new)
-                new = {}
-        if new:
+def encode_missing(dataset, vae, cache: LatentCache, desc: str = "latents", rank: int = 0, world: int = 1) -> int:
+    """Encode this rank's share of the clips the cache lacks (every world-th one); returns how many it encoded.
+
+    Written in cache shards of 256 clips as it goes, so an interrupted run resumes with what is still missing."""
+    todo = cache.missing(dataset_keys(dataset))[rank::world]
+    t0, new = time.time(), {}
+    for i in progress(todo, desc=f"VAE-encoding {desc}", unit="clip"):
+        item = dataset[i]
+        new[item["key"]] = encode_latents(vae, item["frames"])
+        if len(new) >= 256:
             cache.put(new)
-        rate = len(todo) / max(time.time() - t0, 1e-9)
-        log.info(f"{desc}: encoded {len(todo)} clips ({rate:.1f} clips/s), {len(keys) - len(todo)} from the cache")
-        keys = dataset_keys(dataset)  # a clip that failed to decode is now served by another: look up what is served
-    return cache.get(keys)
+            new = {}
+    if new:
+        cache.put(new)
+    if todo:
+        log.info(f"{desc}: encoded {len(todo)} clips ({len(todo) / max(time.time() - t0, 1e-9):.1f} clips/s)")
+    return len(todo)
 
 
 @TARGETS.register("vae")
@@ -67,7 +69,8 @@ class VAETarget(Target):
             cfg.train.seed,
             cfg.cache_path,
         )
-        self.store: dict[str, torch.Tensor] = {}  # clip key -> latents [T, C, h, w] (not in the state dict)
+        self.store: OrderedDict[str, torch.Tensor] = OrderedDict()  # clip key -> latents [T, C, h, w], the
+        #                                 STORE_CLIPS last used (not in the state dict; the rest are on disk)
         self.lazy: LazyLatents | None = None  # set by prepare()
 
     @staticmethod
@@ -87,10 +90,10 @@ class VAETarget(Target):
         return build_vae(self.spec, self.frame_size, self.seed)
 
     def prepare(self, model, datasets: list, *, main: bool = True, barrier=None, out=None, fresh: bool = True) -> dict:
-        """The VAE and the cache; nothing is encoded yet. Only the main process writes to the cache (the others keep
-        what they encode in memory)."""
+        """The VAE and the cache; nothing is encoded yet. Every process (rank) writes what it encodes to the cache,
+        each into its own index."""
         vae = self.build_vae()
-        self.lazy = LazyLatents(vae, LatentCache(self.cache_dir, fingerprint(vae)), writes=main)
+        self.lazy = LazyLatents(vae, LatentCache(self.cache_dir, fingerprint(vae)))
         return {}
 
     def forward(self, batch, cache) -> torch.Tensor:
@@ -100,7 +103,12 @@ class VAETarget(Target):
                 raise RuntimeError("vae target: call prepare() before the first batch")
             pixels = None if batch.pixels is None else batch.pixels.cpu()
             self.store.update(self.lazy.latents([batch.keys[i] for i in missing], pixels, missing))
-        return torch.stack([self.store[k] for k in batch.keys]).to(batch.frames.device)
+        out = torch.stack([self.store[k] for k in batch.keys]).to(batch.frames.device)
+        for k in batch.keys:
+            self.store.move_to_end(k)
+        while len(self.store) > STORE_CLIPS:  # a million clips' latents do not fit in memory; the disk has them
+            self.store.popitem(last=False)
+        return out
 
     def flush(self) -> None:
         """At the end of a run or evaluation: the pending latents to disk, and what this process encoded."""
@@ -118,7 +126,6 @@ class LazyLatents:
 
     vae: object  # not an nn.Module attribute of the target: the frozen VAE is no part of the model's state
     cache: LatentCache
-    writes: bool = True
     shard: int = 256
     pending: dict = field(default_factory=dict)
     encoded: int = 0
@@ -126,9 +133,10 @@ class LazyLatents:
 
     def latents(self, keys: list[str], pixels: torch.Tensor | None, rows: list[int]) -> dict[str, torch.Tensor]:
         """keys' latents; a key not cached is encoded from pixels[rows[j]] [T, 3, H, W], clip by clip."""
-        absent = set(self.cache.missing(keys))
-        cached = [k for j, k in enumerate(keys) if j not in absent]
+        absent = {j for j in self.cache.missing(keys) if keys[j] not in self.pending}
+        cached = [k for j, k in enumerate(keys) if j not in absent and k not in self.pending]
         out = dict(zip(cached, self.cache.get(cached))) if cached else {}
+        out.update({k: self.pending[k] for k in keys if k in self.pending})  # encoded, not yet written
         self.from_cache += len(cached)
         for j in sorted(absent):
             if pixels is None:
@@ -140,6 +148,6 @@ class LazyLatents:
         return out
 
     def flush(self) -> None:
-        if self.pending and self.writes:
+        if self.pending:
             self.cache.put(self.pending)
         self.pending = {}
