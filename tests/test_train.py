@@ -4,6 +4,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,27 +200,35 @@ def test_run_writes_only_inside_its_run_and_cache_folders(tmp_path, monkeypatch)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_rank_ddp_equals_one_rank_with_the_doubled_batch(tmp_path, cache_dir):
+    """Launched on one node (--standalone) and as two simulated nodes meeting by c10d rendezvous, as a multi-node
+    job is launched (the README's command)."""
     common = ["train", "--quiet", *tiny_overrides(**{"train.steps": 4}), f"cache_dir={cache_dir}"]
     one = run_cli([*common, "train.batch_size=2", f"out_dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "foveal"]
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    rdzv = ["--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}"]
+    launches = {"standalone": [[*run, "--standalone", "--nproc_per_node=2"]], "nodes": [[*run, *rdzv]] * 2}
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run(
-        [*torchrun, *common, "train.batch_size=1", f"out_dir={tmp_path / 'two'}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = metrics(tmp_path / "one"), metrics(tmp_path / "two")
-    assert len(a) == len(b) == 4
-    for ra, rb in zip(a, b):
-        for key in ("loss", "recon_coarse", "recon_fine"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-4), (key, ra["step"])
+    for name, nodes in launches.items():
+        cmd = ["-m", "foveal", *common, "train.batch_size=1", f"out_dir={tmp_path / name}"]
+        procs = [
+            subprocess.Popen([*node, *cmd], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) for node in nodes
+        ]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors[0][-3000:]
+        a, b = metrics(tmp_path / "one"), metrics(tmp_path / name)
+        assert len(a) == len(b) == 4
+        for ra, rb in zip(a, b):
+            for key in ("loss", "recon_coarse", "recon_fine"):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4), (name, key, ra["step"])
 
 
 def test_a_fresh_run_never_mixes_with_an_earlier_one(tiny_cfg):
