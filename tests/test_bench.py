@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.analysis.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
+from foveal.analysis.bench import CPU_SDPA_FLOPS, NAIVE, Step, Variant, patched, processor, softmax_attention, undo_all
 from foveal.cli import main
 from foveal.config import load_config
 
@@ -64,6 +64,28 @@ def test_bench_json_has_the_keys_and_sane_values(capsys, cache_dir):
     names = [v["name"] for v in r["variants"]]
     assert names == [*SAME_MATHS, "all naive"]  # fp32 applies to bf16 only
     assert all(v["step_s_median"] > 0 and v["slowdown"] > 0 for v in r["variants"])
+
+
+def test_bf16_compare_names_each_rows_precision_and_pairs_them_like_for_like(capsys, cache_dir):
+    args = ["bench", "--steps", "1", "--warmup", "1", "--compare-naive", "--precision", "bf16", "--json"]
+    assert main([*args, f"cache_dir={cache_dir}", *SMALL]) == 0
+    r = json.loads(capsys.readouterr().out)
+    precision = {v["name"]: v["precision"] for v in r["variants"]}
+    assert precision == {**dict.fromkeys([*SAME_MATHS, "all naive"], "bf16"), "fp32": "fp32", "all naive, fp32": "fp32"}
+    assert set(r["peak_flops_per_s_by_precision"]) == {"bf16", "fp32"}
+    for v in r["variants"]:
+        peak = r["peak_flops_per_s_by_precision"][v["precision"]]
+        assert v["mfu"] == pytest.approx(r["flops_per_step"] / v["step_s_median"] / peak)
+
+
+@pytest.mark.parametrize(
+    "flags, hardware",
+    [("fpu avx512f amx_bf16 avx512_bf16", "AMX"), ("avx512f avx512_bf16", "AVX-512 BF16"), ("sse2", "none")],
+)
+def test_the_processor_line_names_the_bf16_hardware(tmp_path, flags, hardware):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert processor(torch.device("cpu"), str(info)) == {"name": "AMD EPYC 9B14", "bf16_hardware": hardware}
 
 
 def test_flops_include_the_cpu_attention_kernels(step):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -77,6 +78,24 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, reps
         sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
+
+
+def processor(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """What ran the step: the CPU's model name and its bf16 matmul hardware (AMX tiles, AVX-512 BF16 or none), or
+    the GPU's name. A bf16 figure means little without it (AMX is ~2x AVX-512 BF16)."""
+    if device.type == "cuda":
+        return {"name": torch.cuda.get_device_name(device), "bf16_hardware": "cuda"}
+    name, flags = platform.processor() or "unknown CPU", set()
+    with contextlib.suppress(OSError), open(cpuinfo) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    hardware = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "none"
+    return {"name": name, "bf16_hardware": hardware}
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -253,6 +272,7 @@ class Variant:
     enter: Callable[[Step], contextlib.AbstractContextManager]
     applies: Callable[[Step], bool] = lambda step: True
     same_loss: bool = True
+    precision: str | None = None  # the precision it runs at where not the step's own
 
 
 NAIVE = [
@@ -296,6 +316,7 @@ NAIVE = [
         lambda s: patched(s, "precision", "fp32"),
         applies=lambda s: s.precision == "bf16" and s.cache is None,  # cached K/V are bf16
         same_loss=False,
+        precision="fp32",
     ),
 ]
 
@@ -342,6 +363,12 @@ def bench(
     same = [v for v in variants[1:] if v.same_loss]
     if len(same) > 1:  # everything undone at once: the step as a straightforward implementation runs it
         variants.append(Variant("all naive", "all of the above but precision", lambda s: undo_all(s, same)))
+        fp32 = [v for v in variants if v.precision == "fp32"]
+        if fp32:  # and the same in fp32: the like-for-like pair at each precision
+            both = [*same, *fp32]
+            variants.append(
+                Variant("all naive, fp32", "all of the above", lambda s: undo_all(s, both), precision="fp32")
+            )
 
     memory = {}
     for v in variants:  # warm-up; the last warm-up step of each variant measures its peak memory
@@ -354,6 +381,9 @@ def bench(
     flops = count_flops(step)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
     peak = matmul_peak(dtype, device)
+    peaks = {cfg.train.precision: peak}
+    if any(v.precision for v in variants):
+        peaks["fp32"] = matmul_peak(torch.float32, device)
 
     times: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
     for i in range(steps):  # interleaved: every variant sees the same load
@@ -378,6 +408,8 @@ def bench(
         "threads": torch.get_num_threads(),
         "malloc_tuned": allocator.tuned,  # allocator.py; FOVEAL_MALLOC=default measures without
         "cores": os.cpu_count(),
+        "processor": processor(device),
+        "peak_flops_per_s_by_precision": peaks,
         "steps": steps,
         "warmup": warmup,
         **main,
@@ -396,9 +428,13 @@ def bench(
             {
                 "name": v.name,
                 "undoes": v.undoes,
+                "precision": v.precision or cfg.train.precision,
                 **summary(times[v.name]),
                 "peak_mem_mib": memory[v.name],
                 "slowdown": statistics.median(w for w, _ in times[v.name]) / med,
+                "mfu": flops
+                / statistics.median(w for w, _ in times[v.name])
+                / peaks[v.precision or cfg.train.precision],
             }
             for v in variants[1:]
         ]
@@ -406,6 +442,7 @@ def bench(
 
 
 def format_table(r: dict) -> str:
+    peaks = ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in r["peak_flops_per_s_by_precision"].items())
     enc = "frozen" if r["frozen_encoder"] else "trainable"
     enc += ", cached" if r["encoder_cache"] else ""
     lines = [
@@ -420,7 +457,8 @@ def format_table(r: dict) -> str:
         f"{r['flops_per_step'] / 1e9:.1f} | {r['achieved_flops_per_s'] / 1e9:.1f} | {100 * r['mfu']:.1f}% | "
         f"{r['frames_per_s']:.1f} | {r['clips_per_s']:.2f} |",
         "",
-        f"measured matmul peak ({r['precision']}, 2048^3): {r['peak_flops_per_s'] / 1e9:.0f} GFLOP/s; glibc malloc "
+        f"{r['processor']['name']} (bf16 matmul hardware: {r['processor']['bf16_hardware']}); measured matmul peak "
+        f"(2048^3): {peaks}; glibc malloc "
         + ("tuned (allocator.py)" if r.get("malloc_tuned") else "as it was (FOVEAL_MALLOC=default or not glibc)"),
     ]
     if r["device"] == "cpu" and max(r["load_avg_before"], r["load_avg_after"]) > r["cores"]:
@@ -432,14 +470,17 @@ def format_table(r: dict) -> str:
     if r.get("variants"):
         lines += [
             "",
-            "| naive variant | undoes | step s (median) | min | max | CPU s | peak MiB | optimisation's speed-up |",
-            "|---|---|---|---|---|---|---|---|",
-            f"| optimised | - | {r['step_s_median']:.3f} | {r['step_s_min']:.3f} | {r['step_s_max']:.3f} | "
-            f"{r['cpu_s_median']:.2f} | {r['peak_mem_mib']:.0f} | - |",
+            "| naive variant | undoes | precision | step s (median) | min | max | CPU s | peak MiB | MFU | "
+            "optimisation's speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| optimised | - | {r['precision']} | {r['step_s_median']:.3f} | {r['step_s_min']:.3f} | "
+            f"{r['step_s_max']:.3f} | {r['cpu_s_median']:.2f} | {r['peak_mem_mib']:.0f} | {100 * r['mfu']:.1f}% | - |",
         ]
         for v in r["variants"]:
             lines.append(
-                f"| {v['name']} | {v['undoes']} | {v['step_s_median']:.3f} | {v['step_s_min']:.3f} | "
-                f"{v['step_s_max']:.3f} | {v['cpu_s_median']:.2f} | {v['peak_mem_mib']:.0f} | {v['slowdown']:.2f}x |"
+                f"| {v['name']} | {v['undoes']} | {v['precision']} | {v['step_s_median']:.3f} | {v['step_s_min']:.3f} "
+                f"| {v['step_s_max']:.3f} | {v['cpu_s_median']:.2f} | {v['peak_mem_mib']:.0f} | "
+                f"{100 * v['mfu']:.1f}% | {v['slowdown']:.2f}x |"
             )
+        lines.append("(MFU against the measured peak of the row's precision; compare rows of the same precision)")
     return "\n".join(lines)
