@@ -223,6 +223,7 @@ class TrainConfig:
     encoder_cache_mib: int = 4096
     deterministic: bool = True
     report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
+    parallel: str = "ddp"  # under torchrun: ddp (replicated) | fsdp2 (sharded; step-N.dcp checkpoints)
 
 
 @dataclass
@@ -668,6 +669,7 @@ def _check_train(cfg: RunConfig) -> None:
     _one_of("train.schedule", t.schedule, ["constant", "cosine"])
     _one_of("train.precision", t.precision, ["fp32", "bf16", "fp16"])
     _one_of("train.decay", t.decay, ["matrices", "all"])
+    _one_of("train.parallel", t.parallel, ["ddp", "fsdp2"])
     positive("train.fine_iterations", t.fine_iterations, 0)
     if t.fine_iterations == 0 and t.coarse_weight == 0:
         raise ConfigError(
@@ -684,6 +686,11 @@ def _check_train(cfg: RunConfig) -> None:
     if t.encoder_cache and not cfg.model.dino.freeze:
         raise ConfigError(
             "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step)"
+        )
+    if t.parallel == "fsdp2" and (t.encoder_cache or t.precision == "fp16"):
+        raise ConfigError(
+            "train.parallel: fsdp2 runs neither train.encoder_cache (it calls the sharded encoder outside the model's "
+            "forward) nor fp16 (its GradScaler does not know sharded gradients); use ddp, or bf16 / no cache"
         )
     if t.minutes is not None and t.minutes <= 0:
         raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")

@@ -9,7 +9,6 @@ train() returns the results; its caller writes the report.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import resource
@@ -19,7 +18,6 @@ from pathlib import Path
 
 import psutil
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from foveal.config import RunConfig
 from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch, target_looks
@@ -35,8 +33,9 @@ from foveal.log import progress
 from foveal.model.build import build_model
 from foveal.model.encoder import look_mask
 from foveal.objectives import Objective, Scores, build_objective, score
-from foveal.train import distributed
+from foveal.train import distributed, sharding
 from foveal.train.checkpoint import (
+    frozen_names,
     load_checkpoint,
     load_model_state,
     model_state,
@@ -49,6 +48,8 @@ from foveal.train.logger import MetricsLogger, check_wandb, scalars
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import step_ratio, summarize_run
 from foveal.train.run_folder import RunLock, claim_run_folder, record_resume, resume_config, resume_path
+from foveal.train.sharded_checkpoint import SUFFIX as DCP_SUFFIX
+from foveal.train.sharded_checkpoint import full_model_state, load_sharded, save_sharded
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainingError", "train"]
@@ -112,7 +113,8 @@ def set_up(cfg: RunConfig) -> Run:
     train_set, heldout_set = build_datasets(cfg)
     check_enough_clips(train_set, cfg, dist.world)
     lock = RunLock(out) if dist.main else None  # stale temp files of killed runs are removed once it is held
-    resume_from = resume_path(cfg.resume, out / "checkpoints")
+    shard = t.parallel == "fsdp2" and dist.world > 1
+    resume_from = resume_path(cfg.resume, out / "checkpoints", sharded=shard)
     if dist.main:
         claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
         cfg.save(out / "config.yaml")
@@ -144,6 +146,8 @@ def set_up(cfg: RunConfig) -> Run:
     enc_cache = shared_cache(model.encoder.dino, t.precision, t.encoder_cache_mib) if t.encoder_cache else None
     if enc_cache is not None and dist.main:
         log.info(cache_plan(model, cfg, len(train_set)))
+    if shard:  # before the optimiser: fully_shard replaces the parameters with their shards
+        sharding.shard(model, dist)
     opt, sched = make_optimizer(model, t, dist.device)
     scaler = torch.amp.GradScaler("cuda", enabled=t.precision == "fp16")
     collate = Collator(tokenizer, t.max_caption_tokens)
@@ -160,9 +164,12 @@ def peak_rss_mib() -> int:
 
 
 def restore(run: Run, path: Path) -> None:
-    ckpt = load_checkpoint(path)
-    load_model_state(run.model, ckpt)
-    run.opt.load_state_dict(ckpt["optimizer"])
+    if path.suffix == DCP_SUFFIX:  # FSDP2: every rank reads its own shards of the model and optimiser
+        ckpt = load_sharded(path, run.model, run.opt)
+    else:
+        ckpt = load_checkpoint(path)
+        load_model_state(run.model, ckpt)
+        run.opt.load_state_dict(ckpt["optimizer"])
     run.sched.load_state_dict(ckpt["scheduler"])
     run.scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"])
@@ -177,14 +184,9 @@ def restore(run: Run, path: Path) -> None:
         log.info(f"resumed from {path} at step {run.step}")
 
 
-def save(run: Run, step: int, metric: float | None) -> None:
-    if not run.dist.main:
-        return
-    state, frozen_fp = model_state(run.model)
-    checkpoint = {
-        "model": state,
-        "frozen_fingerprint": frozen_fp,
-        "optimizer": run.opt.state_dict(),
+def run_state(run: Run) -> dict:
+    """What a checkpoint holds besides the model and optimiser (rank 0's RNG states: every rank resumes with them)."""
+    return {
         "scheduler": run.sched.state_dict(),
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
@@ -194,7 +196,23 @@ def save(run: Run, step: int, metric: float | None) -> None:
         "elapsed_s": run.elapsed(),
         "config": run.cfg.to_dict(),
     }
-    save_checkpoint(run.out / "checkpoints", checkpoint, step, run.cfg.train.keep_last, metric)
+
+
+def save(run: Run, step: int, metric: float | None, final: bool = False) -> None:
+    """Every rank calls it. DDP / one process: rank 0 writes step-N.safetensors. FSDP2: every rank writes its shards
+    into step-N.dcp; the final save also gathers the whole weights for the usual safetensors file (no optimiser:
+    that is in the .dcp)."""
+    folder, keep_last = run.out / "checkpoints", run.cfg.train.keep_last
+    if sharding.sharded(run.model):
+        save_sharded(folder, run.model, run.opt, run_state(run), step, keep_last, run.dist)
+        if not final:
+            return
+        (state, frozen_fp), optimizer = full_model_state(run.model, frozen_names(run.model)), None
+    elif run.dist.main:
+        (state, frozen_fp), optimizer = model_state(run.model), run.opt.state_dict()
+    if run.dist.main:
+        checkpoint = {"model": state, "frozen_fingerprint": frozen_fp, "optimizer": optimizer, **run_state(run)}
+        save_checkpoint(folder, checkpoint, step, keep_last, metric)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -214,7 +232,7 @@ def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Te
     """Forward and backward of one micro-batch; returns its loss and scores."""
     t, model, objective = run.cfg.train, run.model, run.objective
     batch = make_batch(raw, run.dist.device, objective.caption)
-    with contextlib.nullcontext() if sync else net.no_sync(), autocast:
+    with sharding.sync_context(net, sync), autocast:
         patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache is not None else None
         looks = None
         if model.options.look == "oracle" or t.look_supervision:
@@ -255,7 +273,7 @@ def train_step(run: Run, net, batches, params, autocast) -> dict | None:
                 sums[f"{k}_fine"] += pass_value(fine[-1], k) / t.grad_accum
     run.data_position += t.grad_accum
     run.scaler.unscale_(run.opt)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
+    grad_norm = sharding.clip_grad_norm(params, t.grad_clip if t.grad_clip > 0 else float("inf"))
     bad |= not torch.isfinite(grad_norm).item()
     if dist.any(bad):  # skip the update on every rank; the weights stay the last good ones
         skip(run)
@@ -310,16 +328,18 @@ def record(run: Run, row: dict) -> None:
 
 
 def heldout(run: Run, autoregressive: bool = False) -> dict:
+    """The held-out arrays. FSDP2: every rank calls it (the sharded units gather across ranks)."""
     t = run.cfg.train
-    return evaluate(
-        run.model,
-        run.heldout_set,
-        run.collate,
-        run.objective,
-        fine_iterations=t.fine_iterations,
-        autoregressive=autoregressive,
-        autocast=autocast_for(t.precision, run.dist.device),
-    )
+    with sharding.full_params(run.model):
+        return evaluate(
+            run.model,
+            run.heldout_set,
+            run.collate,
+            run.objective,
+            fine_iterations=t.fine_iterations,
+            autoregressive=autoregressive,
+            autocast=autocast_for(t.precision, run.dist.device),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,7 +360,7 @@ def train(cfg: RunConfig) -> dict:
 def run_loop(run: Run) -> dict:
     cfg = run.cfg
     t, dist = cfg.train, run.dist
-    net = DDP(run.model, find_unused_parameters=True) if dist.world > 1 else run.model
+    net = sharding.wrap(run.model, dist, t.parallel)  # DDP, or the FSDP2-sharded model itself
     params = [p for p in run.model.parameters() if p.requires_grad]
     logger = MetricsLogger(run.out, cfg, run.step, dist.main)
     autocast = autocast_for(t.precision, dist.device)
@@ -361,11 +381,14 @@ def run_loop(run: Run) -> dict:
         after_step(run, row, logger, bar)
     bar.close()
     batches.close()  # stops any loader workers now
-    save(run, run.step, run.last_loss)
+    save(run, run.step, run.last_loss, final=True)
     mine = [getattr(run.heldout_set, "skipped", {}), getattr(run.train_set, "skipped", {})]
     skipped = merge_skips(dist.gather(merge_skips(mine)))  # each rank found its own bad clips
     startup = dist.gather(run.startup)
-    results = finish(run, skipped, startup) if dist.main else {}
+    if dist.main:
+        log.info(f"{cfg.model.head}: held-out evaluation on {len(run.heldout_set)} clips")
+    arrays = heldout(run) if dist.main or sharding.sharded(run.model) else None  # FSDP2: on every rank
+    results = finish(run, arrays, skipped, startup) if dist.main else {}
     logger.finish(results)
     logger.close()
     dist.barrier()
@@ -377,7 +400,8 @@ def after_step(run: Run, row: dict, logger: MetricsLogger, bar) -> None:
     t = run.cfg.train
     record(run, row)
     run.last_loss = row["loss"]
-    if t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps and run.dist.main:
+    evaluating = run.dist.main or sharding.sharded(run.model)  # FSDP2: every rank evaluates, rank 0 logs
+    if t.eval_every and run.step % t.eval_every == 0 and run.step < t.steps and evaluating:
         evaluate_now(run, row, logger)
     logger.log(row)
     bar.update(1)
@@ -401,9 +425,14 @@ def evaluate_now(run: Run, row: dict, logger: MetricsLogger) -> None:
     ev = summarize(heldout(run), seed=run.cfg.train.seed)
     row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})  # report.html's curve
     row.update(scalars(ev, "eval"))
-    if logger.tb or logger.wandb:
+    draw = bool(logger.tb or logger.wandb)
+    if sharding.sharded(run.model):
+        draw = run.dist.any(draw)  # rank 0 decides; every rank runs the model
+    if draw:
         clip = dataset_clip(run.heldout_set, 0, "held-out clip 0")
-        logger.image("eval/attention", figure_pixels(grid_figure(analyse(run.model, run.cfg, clip))), row["step"])
+        with sharding.full_params(run.model):
+            pixels = figure_pixels(grid_figure(analyse(run.model, run.cfg, clip)))
+        logger.image("eval/attention", pixels, row["step"])
     set_rng_state(state)
 
 
@@ -417,12 +446,10 @@ def progress_line(run: Run, row: dict) -> str:
     )  # fmt: skip
 
 
-def finish(run: Run, skipped: dict[str, list[str]], startup: list[dict]) -> dict:
-    """Held-out evaluation of the trained model; results.json and the per-clip arrays heldout_losses.pt.
-    skipped: the bad input files every rank found (reason -> names); startup: each rank's Run.startup."""
+def finish(run: Run, arrays: dict, skipped: dict[str, list[str]], startup: list[dict]) -> dict:
+    """results.json and the per-clip arrays heldout_losses.pt from the held-out evaluation of the trained model
+    (arrays). skipped: the bad input files every rank found (reason -> names); startup: each rank's Run.startup."""
     cfg = run.cfg
-    log.info(f"{cfg.model.head}: held-out evaluation on {len(run.heldout_set)} clips")
-    arrays = heldout(run)
     run.model.target.flush()  # lazily computed targets (VAE latents) into the cache
     summary = summarize(arrays, seed=cfg.train.seed)
     results = summarize_run(cfg, run.model, run.history, summary, run.kinds, run.nonfinite, run.elapsed())

@@ -25,8 +25,10 @@ import yaml
 from safetensors import safe_open
 
 from foveal.config import ConfigError, RunConfig, config_from_dict, leaves, replace
-from foveal.train.checkpoint import checkpoints, latest, resume_target
+from foveal.train.checkpoint import CheckpointError, checkpoints, latest, resume_target
 from foveal.train.optim import TrainingError
+from foveal.train.sharded_checkpoint import SUFFIX as DCP_SUFFIX
+from foveal.train.sharded_checkpoint import dcp_checkpoints, latest_dcp
 
 LOCK_NAME = ".lock"
 # on --resume these may change (they decide how long the run goes on and what it logs, not what it computes)
@@ -117,11 +119,12 @@ class RunLock:
 
 def clean_stale_temps(out: Path) -> list[Path]:
     """Temp files of interrupted writes (`.<name>.tmp-<pid>`), removed: with the lock held, no other writer owns
-    them. Says how many and how much space came back."""
-    found = [p for d in (out, out / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp*") if p.is_file()]
-    size = sum(p.stat().st_size for p in found)
+    them; a sharded checkpoint's temp folder (`.step-N.dcp.tmp/`) too. Says how many and how much space came back."""
+    found = [p for d in (out, out / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp*")]
+    files = [p for p in found if p.is_file()] + [f for p in found if p.is_dir() for f in p.rglob("*") if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
     for p in found:
-        p.unlink(missing_ok=True)
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     if found:
         mib = size / 2**20
         log.warning(
@@ -187,7 +190,7 @@ def resume_config(cfg: RunConfig) -> tuple[RunConfig, dict]:
     cfg as it is. Otherwise the saved config with the keys the command line (or config file, preset) asked for: a
     change of a key in SAFE_ON_RESUME is applied, any other is refused with a ConfigError naming it."""
     out = Path(cfg.out_dir)
-    if cfg.resume in (False, None, "", "false", "no") or not checkpoints(out / "checkpoints"):
+    if cfg.resume in (False, None, "", "false", "no") or not any_checkpoint(out / "checkpoints"):
         return cfg, {}
     data, where = _saved_config(out)
     if data is None:
@@ -241,9 +244,14 @@ def os_error_line(e: OSError) -> str | None:
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "results.json", "heldout_losses.pt", "resumes.jsonl")
 
 
+def any_checkpoint(folder: Path) -> bool:
+    """Whether folder holds a checkpoint: step-N.safetensors or (FSDP2) step-N.dcp."""
+    return latest(folder) is not None or bool(dcp_checkpoints(folder))
+
+
 def claim_run_folder(out: Path, fresh: bool, overwrite: bool) -> None:
     """A fresh run never mixes with (or silently destroys) an earlier run's checkpoints."""
-    if fresh and latest(out / "checkpoints") is not None:
+    if fresh and any_checkpoint(out / "checkpoints"):
         if not overwrite:
             raise TrainingError(
                 f"{out} already holds a run with checkpoints: add --resume to continue it, --overwrite to start "
@@ -258,6 +266,16 @@ def claim_run_folder(out: Path, fresh: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def resume_path(resume: bool | str, ckpt_dir: Path) -> Path | None:
-    """The checkpoint to resume from (verified; past a bad newest checkpoint to the newest valid one), or None."""
-    return resume_target(resume, ckpt_dir)
+def resume_path(resume: bool | str, ckpt_dir: Path, sharded: bool = False) -> Path | None:
+    """The checkpoint to resume from (verified; past a bad newest checkpoint to the newest valid one), or None.
+    sharded (FSDP2): the newest complete step-N.dcp folder, or the one named."""
+    if not sharded or resume in (False, None, "", "false", "no"):
+        return resume_target(resume, ckpt_dir)
+    if resume in (True, "latest", "true", "yes"):
+        return latest_dcp(ckpt_dir)
+    path = Path(resume)
+    if path.suffix != DCP_SUFFIX or not path.is_dir():
+        raise CheckpointError(
+            f"resume: {resume} is not a step-N{DCP_SUFFIX} folder (train.parallel=fsdp2 resumes from one)"
+        )
+    return path
