@@ -345,6 +345,45 @@ def summary(times: list[tuple[float, float]]) -> dict:
     }
 
 
+def variants_for(step: Step, compare_naive: bool) -> list[Variant]:
+    """The optimised step and, with compare_naive, each applicable naive variant, then everything undone at once
+    (the step as a straightforward implementation runs it) at the step's precision and in fp32."""
+    variants = [OPTIMISED] + ([v for v in NAIVE if v.applies(step)] if compare_naive else [])
+    same = [v for v in variants[1:] if v.same_loss]
+    if len(same) > 1:
+        variants.append(Variant("all naive", "all of the above but precision", lambda s: undo_all(s, same)))
+        both = [*same, *(v for v in variants if v.precision == "fp32")]
+        if len(both) > len(same):  # the like-for-like pair at each precision
+            variants.append(
+                Variant("all naive, fp32", "all of the above", lambda s: undo_all(s, both), precision="fp32")
+            )
+    return variants
+
+
+def warm_up(step: Step, variants: list[Variant], warmup: int, device: torch.device) -> dict[str, float]:
+    """Untimed steps of each variant; the last one measures its peak memory (MiB)."""
+    memory = {}
+    for v in variants:
+        with v.enter(step):
+            for _ in range(warmup - 1):
+                step()
+            reset_peak_memory(device)
+            step()
+            memory[v.name] = peak_memory_mib(device)
+    return memory
+
+
+def timed(step: Step, variants: list[Variant], steps: int, log) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each variant's steps, interleaved so that every variant sees the same load."""
+    times: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
+    for i in range(steps):
+        for v in variants:
+            with v.enter(step):
+                times[v.name].append(step())
+        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {ts[-1][0]:.3f} s" for n, ts in times.items()))
+    return times
+
+
 def bench(
     cfg: RunConfig,
     steps: int = 10,
@@ -359,42 +398,18 @@ def bench(
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     load_before = os.getloadavg()[0]
     step = Step(cfg, device)
-    variants = [OPTIMISED] + ([v for v in NAIVE if v.applies(step)] if compare_naive else [])
-    same = [v for v in variants[1:] if v.same_loss]
-    if len(same) > 1:  # everything undone at once: the step as a straightforward implementation runs it
-        variants.append(Variant("all naive", "all of the above but precision", lambda s: undo_all(s, same)))
-        fp32 = [v for v in variants if v.precision == "fp32"]
-        if fp32:  # and the same in fp32: the like-for-like pair at each precision
-            both = [*same, *fp32]
-            variants.append(
-                Variant("all naive, fp32", "all of the above", lambda s: undo_all(s, both), precision="fp32")
-            )
-
-    memory = {}
-    for v in variants:  # warm-up; the last warm-up step of each variant measures its peak memory
-        with v.enter(step):
-            for _ in range(warmup - 1):
-                step()
-            reset_peak_memory(device)
-            step()
-            memory[v.name] = peak_memory_mib(device)
+    variants = variants_for(step, compare_naive)
+    memory = warm_up(step, variants, warmup, device)
     flops = count_flops(step)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-    peak = matmul_peak(dtype, device)
-    peaks = {cfg.train.precision: peak}
+    peaks = {cfg.train.precision: matmul_peak(dtype, device)}
     if any(v.precision for v in variants):
         peaks["fp32"] = matmul_peak(torch.float32, device)
-
-    times: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
-    for i in range(steps):  # interleaved: every variant sees the same load
-        for v in variants:
-            with v.enter(step):
-                times[v.name].append(step())
-        log(f"step {i + 1}/{steps}: " + ", ".join(f"{n} {ts[-1][0]:.3f} s" for n, ts in times.items()))
+    times = timed(step, variants, steps, log)
 
     b, t = cfg.train.batch_size, cfg.data.num_frames
     main = summary(times["optimised"])
-    med = main["step_s_median"]
+    med, peak = main["step_s_median"], peaks[cfg.train.precision]
     result = {
         "preset": cfg.preset,
         "head": cfg.model.head,
@@ -424,21 +439,23 @@ def bench(
         "load_avg_after": os.getloadavg()[0],
     }
     if compare_naive:
-        result["variants"] = [
-            {
-                "name": v.name,
-                "undoes": v.undoes,
-                "precision": v.precision or cfg.train.precision,
-                **summary(times[v.name]),
-                "peak_mem_mib": memory[v.name],
-                "slowdown": statistics.median(w for w, _ in times[v.name]) / med,
-                "mfu": flops
-                / statistics.median(w for w, _ in times[v.name])
-                / peaks[v.precision or cfg.train.precision],
-            }
-            for v in variants[1:]
-        ]
+        result["variants"] = [variant_row(v, cfg, times, memory, flops, peaks, med) for v in variants[1:]]
     return result
+
+
+def variant_row(v: Variant, cfg: RunConfig, times: dict, memory: dict, flops: int, peaks: dict, med: float) -> dict:
+    """One naive variant's figures; its MFU is against the measured peak of its own precision."""
+    precision = v.precision or cfg.train.precision
+    s = summary(times[v.name])
+    return {
+        "name": v.name,
+        "undoes": v.undoes,
+        "precision": precision,
+        **s,
+        "peak_mem_mib": memory[v.name],
+        "slowdown": s["step_s_median"] / med,
+        "mfu": flops / s["step_s_median"] / peaks[precision],
+    }
 
 
 def format_table(r: dict) -> str:
