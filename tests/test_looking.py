@@ -3,6 +3,7 @@ gain captured, the target-region loss, the head options (prev-only, delta), the 
 effect that the whole pipeline (train -> held-out evaluation -> tables) must detect."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from foveal.evaluation.stats import gain_captured, oracle_headroom
 from foveal.evaluation.summary import summarize
 from foveal.model.build import build_model
 from foveal.model.foveated import FIRST_STEERED, Batch
-from foveal.train.loop import train
+from foveal.train.loop import CURRICULUM_OUTSIDE, fine_bias, train
 
 
 def _model(**overrides):
@@ -119,6 +120,25 @@ def test_an_oracle_look_needs_ground_truth(tmp_path):
     (tmp_path / "m.csv").write_text("path,caption\nx.mp4,a\n")
     with pytest.raises(ConfigError, match="model.look=oracle"):
         load_config("tiny", overrides=["model.look=oracle", f"data.source={tmp_path / 'm.csv'}"])
+
+
+def test_the_oracle_curriculum_fades_from_forced_to_free():
+    """Step 0 reads as good as forced onto the target, half-way through the fade with half the outside logit, and
+    from the end of the fade on with no bias at all; the ceiling model is always forced."""
+    looks = torch.tensor([[[True, False, False, True]]])  # [B, T, G*G]
+
+    def at(step, look="learned", share=0.5):
+        train = SimpleNamespace(oracle_curriculum=share, steps=100)
+        run = SimpleNamespace(
+            model=SimpleNamespace(options=SimpleNamespace(look=look)), step=step, cfg=SimpleNamespace(train=train)
+        )
+        return fine_bias(run, looks)
+
+    outside = [0, 2, 3]  # CLS and the two patches off the target
+    assert at(0)[0, 0, outside].tolist() == [CURRICULUM_OUTSIDE] * 3 and at(0)[0, 0, [1, 4]].tolist() == [0, 0]
+    assert at(25)[0, 0, outside].tolist() == [CURRICULUM_OUTSIDE / 2] * 3
+    assert at(50) is None and at(0, share=0.0) is None
+    assert at(99, look="oracle")[0, 0, 2] < -1e3
 
 
 PLANTED = {  # the next background is the target's colour now; the distractor's colour is noise

@@ -135,6 +135,8 @@ class ModelConfig:
     predict: str = "frame"  # frame: the head outputs frame t | delta: it outputs frame t - frame t-1 (added back)
     prev_noise: float = 0.0  # training only: Gaussian noise of this std (x the target's std) on the head's prev input
     prev_drop: float = 0.0  # training only: probability that a frame's prev input is replaced by the learned blank
+    glimpse: str = "none"  # none | position: each frame token also encodes where its query looked (the centre and
+    #                        spread of its last-layer attention on the patch grid; model/glimpse.py)
 
 
 @dataclass
@@ -189,6 +191,8 @@ class TrainConfig:
     coarse_weight: float = 1.0  # loss = fine + coarse_weight * coarse; 0 reproduces the seed (fine only)
     recon_weight: float = 0.5  # joint: caption + recon_weight * recon
     look_supervision: float = 0.0  # + this x -log(attention mass on the ground-truth target) of the fine reads t>=1
+    oracle_curriculum: float = 0.0  # this share of the steps starts the fine reads forced onto the target and fades
+    #                                  to the model's own look (outside logit -10 -> 0, linear); synthetic data
     fine_iterations: int = 1  # 0 = coarse-only control: only the static-query pass exists and is trained
     fine_loss: str = "final"  # multi-fine: final | mean | progressive
     steps: int = 300
@@ -560,14 +564,18 @@ def _check_head_options(cfg: RunConfig) -> None:
     m = cfg.model
     _one_of("model.look", m.look, ["learned", "oracle"])
     _one_of("model.predict", m.predict, ["frame", "delta"])
+    _one_of("model.glimpse", m.glimpse, ["none", "position"])
     if m.prev_noise < 0 or not 0 <= m.prev_drop <= 1:
         raise ConfigError("model.prev_noise must be >= 0 and model.prev_drop in [0, 1]")
     if cfg.train.look_supervision < 0:
         raise ConfigError(f"train.look_supervision: must be >= 0, got {cfg.train.look_supervision}")
-    if (m.look == "oracle" or cfg.train.look_supervision) and cfg.data.source != "synthetic":
+    if not 0 <= cfg.train.oracle_curriculum <= 1:
+        raise ConfigError(f"train.oracle_curriculum: a share of the steps in [0, 1], got {cfg.train.oracle_curriculum}")
+    needs_truth = m.look == "oracle" or cfg.train.look_supervision or cfg.train.oracle_curriculum
+    if needs_truth and cfg.data.source != "synthetic":
         raise ConfigError(
-            "model.look=oracle and train.look_supervision need the ground-truth target, which only synthetic clips "
-            "have: use data.source=synthetic, or model.look=learned and train.look_supervision=0"
+            "model.look=oracle, train.look_supervision and train.oracle_curriculum need the ground-truth target, which "
+            "only synthetic clips have: use data.source=synthetic, or model.look=learned and set the others to 0"
         )
 
 

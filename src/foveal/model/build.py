@@ -6,6 +6,7 @@ from foveal.config import RunConfig
 from foveal.model.backbones import build_dino, build_llm, build_tokenizer, seeded
 from foveal.model.encoder import FoveatedEncoder
 from foveal.model.foveated import FoveatedVLM, HeadOptions
+from foveal.model.glimpse import GlimpseLocation
 from foveal.model.heads import build_head
 from foveal.model.targets import TARGETS
 
@@ -27,7 +28,9 @@ def build_model(cfg: RunConfig) -> tuple[FoveatedVLM, object]:
     with seeded(seed, "connector"):
         encoder = FoveatedEncoder(dino, m.query_dim, deep=m.deep_query)
         options = HeadOptions(m.look, m.prev_only, m.predict, m.prev_noise, m.prev_drop)
-        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale, options)
+        grid = encoder.grid(m.frame_size)
+        glimpse = GlimpseLocation(grid, llm.config.hidden_size) if m.glimpse == "position" else None
+        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale, options, glimpse)
     dino.requires_grad_(not m.dino.freeze)
     llm.requires_grad_(not m.llm.freeze)
     if m.prev_only:  # the floor control's loss reaches only the head, the blank and the constant h: train just those

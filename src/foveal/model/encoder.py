@@ -144,10 +144,11 @@ class FoveatedEncoder(nn.Module):
 LOOK_OUTSIDE = -1e4  # additive logit outside the allowed patches: exp(-1e4) underflows to 0 in fp32 and bf16
 
 
-def look_mask(patches: torch.Tensor) -> torch.Tensor:
+def look_mask(patches: torch.Tensor, outside: float = LOOK_OUTSIDE) -> torch.Tensor:
     """Allowed patches [..., G*G] bool (row-major, as the encoder orders them) -> additive attention bias
     [..., 1+G*G] (CLS first, and always outside): 0 on the allowed patches, LOOK_OUTSIDE elsewhere. A frame where
-    no patch is allowed (the target covers none) gets no mask at all: all zeros, the query's own look."""
+    no patch is allowed (the target covers none) gets no mask at all: all zeros, the query's own look.
+    A milder `outside` (e.g. -2) only leans the query's own look towards the target (train.oracle_curriculum)."""
     allowed = torch.cat([torch.zeros_like(patches[..., :1]), patches.bool()], dim=-1)  # [..., P]
-    bias = torch.where(allowed, 0.0, LOOK_OUTSIDE)
+    bias = torch.where(allowed, 0.0, outside)
     return bias.masked_fill(~allowed.any(-1, keepdim=True), 0.0)

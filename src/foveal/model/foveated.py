@@ -19,6 +19,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from foveal.model.encoder import Attention, FoveatedEncoder, PatchCache
+from foveal.model.glimpse import GlimpseLocation
 from foveal.model.heads import Head
 from foveal.model.targets import Target
 
@@ -84,9 +85,11 @@ class FoveatedVLM(nn.Module):
         query_dim: int,
         visual_scale: float | None = None,
         options: HeadOptions | None = None,
+        glimpse: GlimpseLocation | None = None,
     ):
         super().__init__()
         self.encoder, self.llm, self.head, self.target = encoder, llm, head, target
+        self.glimpse = glimpse  # None: a frame token is what was read, not where (model.glimpse = none)
         self.options = options or HeadOptions()
         hidden = llm.config.hidden_size
         self.target_shape = tuple(target.shape)  # (C, S, S)
@@ -130,8 +133,22 @@ class FoveatedVLM(nn.Module):
         bias [B, T, P]: added to the attention logits in every encoder layer (the oracle look: `look_mask`)."""
         b, t, _ = queries.shape
         bias = None if bias is None else bias.reshape(b * t, -1)
-        z, attention = self.encoder.attend(queries.reshape(b * t, -1), cache, return_attention, bias)
-        return self.project(z).view(b, t, -1), attention
+        z, attention = self.encoder.attend(
+            queries.reshape(b * t, -1), cache, self.wants_attention(return_attention), bias
+        )
+        return self.frame_token(z, attention).view(b, t, -1), attention if return_attention else None
+
+    def wants_attention(self, return_attention: bool) -> bool:
+        return return_attention or self.glimpse is not None
+
+    def frame_token(self, z: torch.Tensor, attention: Attention | None) -> torch.Tensor:
+        """Encoder tokens [N, D] -> LLM tokens [N, H]; with a glimpse location, plus where the query looked (the last
+        layer's head-averaged attention), at the same RMS as the content."""
+        x = self.project(z)
+        if self.glimpse is None:
+            return x
+        g = self.glimpse(attention.weights[:, 0, -1].mean(-2))  # [N, P] -> [N, H]
+        return x + g * torch.rsqrt(g.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(g.dtype) * self.visual_scale
 
     def shift(self, queries: torch.Tensor) -> torch.Tensor:
         """Queries emitted at frames 0..T-1 -> queries for frames 0..T-1: q_init, then the one from frame t-1."""
@@ -281,8 +298,10 @@ class FoveatedVLM(nn.Module):
         q = self.q_init.expand(b, -1) if queries is None else queries[:, 0]
         used, tokens, hidden, maps = [], [], [], []
         for i in range(t):  # inherently sequential: frame i's query comes from the state after frame i-1
-            z, attention = self.encoder.attend(q, frames.index(frame_index[:, i]), return_attention)
-            new = self.project(z)[:, None]  # [B, 1, H]
+            z, attention = self.encoder.attend(
+                q, frames.index(frame_index[:, i]), self.wants_attention(return_attention)
+            )
+            new = self.frame_token(z, attention)[:, None]  # [B, 1, H]
             tokens.append(new)
             if i == 0:
                 new = torch.cat([self.fine_token.expand(b, -1, -1), new], dim=1)

@@ -228,16 +228,31 @@ def pass_value(s: Scores, key: str) -> float:
     return getattr(s, f"{key}_loss").item()
 
 
+CURRICULUM_OUTSIDE = -10.0  # the curriculum's first outside logit: e^-10 of a patch's weight, as good as forced
+
+
+def fine_bias(run: Run, looks: torch.Tensor) -> torch.Tensor | None:
+    """The fine reads' attention bias this step: the ceiling reads at the target; the oracle curriculum starts there
+    and fades linearly to no bias over its share of the steps, so the head learns to use a clean target token
+    before the LLM's own queries have to find it."""
+    if run.model.options.look == "oracle":
+        return look_mask(looks)
+    fade = run.cfg.train.oracle_curriculum * run.cfg.train.steps
+    if run.step >= fade:
+        return None
+    return look_mask(looks, CURRICULUM_OUTSIDE * (1 - run.step / fade))
+
+
 def micro_step(run: Run, net, raw: dict, sync: bool, autocast) -> tuple[torch.Tensor, Scores, list[Scores]]:
     """Forward and backward of one micro-batch; returns its loss and scores."""
     t, model, objective = run.cfg.train, run.model, run.objective
     batch = make_batch(raw, run.dist.device, objective.caption)
     with sharding.sync_context(net, sync), autocast:
         patches = run.enc_cache.lookup(raw["keys"], batch.frames, model.encode) if run.enc_cache is not None else None
-        looks = None
-        if model.options.look == "oracle" or t.look_supervision:
+        looks, bias = None, None
+        if model.options.look == "oracle" or t.look_supervision or t.oracle_curriculum:
             looks = target_looks(run.train_set, raw["index"], model.encoder.patch_size).to(batch.frames.device)
-        bias = look_mask(looks) if model.options.look == "oracle" else None  # the ceiling reads at the target
+            bias = fine_bias(run, looks)
         res = net(
             batch,
             recon=objective.recon,
