@@ -170,7 +170,7 @@ def test_a_planted_effect_is_seen_by_the_oracle_and_not_by_shuffled_looks(tmp_pa
 @pytest.mark.parametrize(
     ("flag", "expected"),
     [
-        ([], ["film", "film-oracle", "film-prev-only", "mlp"]),  # default: the reference head's ceiling and floor
+        ([], ["film", "film-oracle", "film-prev-only", "film-dense", "mlp"]),  # default: the reference head's controls
         (
             ["--controls"],
             ["film", *(f"film-{c}" for c in CONTROL_MODELS), "mlp", *(f"mlp-{c}" for c in CONTROL_MODELS)],
@@ -189,7 +189,7 @@ def test_compare_plans_the_control_models_the_flag_asks_for(flag, expected, tmp_
         assert prev.model.prev_only and prev.train.fine_iterations == 0 and prev.model.look == "learned"
     files = planned_runs(load_config("tiny", overrides=[f"data.source={tmp_path / 'm.csv'}"]), ["film"], tmp_path, 1,
                          "reference")  # fmt: skip
-    assert [Path(r.out_dir).name for r in files] == ["film", "film-prev-only"]  # no ground truth: no oracle
+    assert [Path(r.out_dir).name for r in files] == ["film", "film-prev-only", "film-dense"]  # no oracle: no truth
 
 
 def test_the_probes_find_what_a_token_carries_and_nothing_else():

@@ -137,6 +137,8 @@ class ModelConfig:
     prev_drop: float = 0.0  # training only: probability that a frame's prev input is replaced by the learned blank
     glimpse: str = "none"  # none | position: each frame token also encodes where its query looked (the centre and
     #                        spread of its last-layer attention on the patch grid; model/glimpse.py)
+    dense_tokens: int = 0  # 0: the foveated reader (one token per frame) | k > 0: the dense reader control, each
+    #                        frame's patch features average-pooled to sqrt(k) x sqrt(k) tokens, no query (coarse-only)
 
 
 @dataclass
@@ -228,6 +230,8 @@ class TrainConfig:
     deterministic: bool = True
     report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
     parallel: str = "ddp"  # under torchrun: ddp (replicated) | fsdp2 (sharded; step-N.dcp checkpoints)
+    dense_control_tokens: int = 16  # compare's dense reader control model: its model.dense_tokens (the study's
+    #                                 16-token-per-frame baseline)
 
 
 @dataclass
@@ -595,6 +599,30 @@ def _check_model(cfg: RunConfig) -> None:
     if m.visual_scale is not None and m.visual_scale <= 0:
         raise ConfigError(f"model.visual_scale: must be > 0 or null, got {m.visual_scale}")
     _check_head_options(cfg)
+    _check_dense(cfg)
+
+
+def _check_dense_tokens(key: str, k: int, grid: int | None) -> None:
+    """k pooled tokens per frame: a square grid, no finer than the encoder's patch grid (where it is known)."""
+    square = k >= 1 and math.isqrt(k) ** 2 == k
+    if not square or (grid is not None and k > grid * grid):
+        limit = f" up to {grid * grid} (the {grid}x{grid} patch grid)" if grid is not None else ""
+        raise ConfigError(f"{key}: {k} pooled tokens per frame; use a square number (1, 4, 9, 16, ...){limit}")
+
+
+def _check_dense(cfg: RunConfig) -> None:
+    m, t = cfg.model, cfg.train
+    # compare's dense control model is checked against the patch grid when it is planned (only compare builds it)
+    _check_dense_tokens("train.dense_control_tokens", t.dense_control_tokens, None)
+    if m.dense_tokens == 0:
+        return
+    _check_dense_tokens("model.dense_tokens", m.dense_tokens, m.frame_size // m.dino.patch_size)
+    if t.fine_iterations or m.look == "oracle" or t.look_supervision or t.oracle_curriculum or m.glimpse != "none":
+        raise ConfigError(
+            "model.dense_tokens: a dense reader has no query, so no fine pass, oracle look, look supervision, "
+            "curriculum or glimpse location; set train.fine_iterations=0, model.look=learned, "
+            "train.look_supervision=0, train.oracle_curriculum=0 and model.glimpse=none (or model.dense_tokens=0)"
+        )
 
 
 def _check_window(window: str) -> None:

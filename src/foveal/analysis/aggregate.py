@@ -115,12 +115,14 @@ def coarse_only_metrics(arrays: dict, control: dict, seed: int) -> dict[str, Est
     return m
 
 
-def look_metrics(arrays: dict, oracle, prev_only, seed: int, reference: dict | None = None) -> dict[str, Estimate]:
+def look_metrics(
+    arrays: dict, oracle, prev_only, seed: int, reference: dict | None = None, dense: dict | None = None
+) -> dict[str, Estimate]:
     """The trained control models against the coarse path of the model they were trained beside (this one, or
     `reference`: the reference head's main run, whose controls this head borrows), steered frames, the same
     held-out clips: coarse / oracle-look model (the ceiling), coarse / prev-only model (the floor: h a constant),
-    the oracle's own ratio, and the share of the oracle's gain this model's learned looks capture, where the oracle
-    has headroom (else NaN: "no headroom")."""
+    coarse / dense reader (what k pooled tokens per frame give), the oracle's own ratio, and the share of the
+    oracle's gain this model's learned looks capture, where the oracle has headroom (else NaN: "no headroom")."""
     m = {}
     for kind in ("recon", "caption"):
         if f"{kind}_coarse" not in arrays:
@@ -140,6 +142,9 @@ def look_metrics(arrays: dict, oracle, prev_only, seed: int, reference: dict | N
         if prev_only is not None and kind == "recon":
             m["recon_prev_only_ratio"] = ratio_estimate(beside, steered(prev_only["recon_coarse"]), seed)
             m["loss_prev_only"] = _value(steered(prev_only["recon_coarse"]).mean())
+        if dense is not None and f"{kind}_coarse" in dense:  # its one pass is its coarse pass
+            m[f"{kind}_dense_ratio"] = ratio_estimate(beside, per_clip(dense[f"{kind}_coarse"]), seed)
+            m[f"loss_{kind}_dense"] = _value(per_clip(dense[f"{kind}_coarse"]).mean())
     if oracle is not None and "region_fine" in oracle:
         m["region_oracle"] = _value(np.nanmean(oracle["region_fine"][:, FIRST_STEERED:]))
     for path in ("coarse", "fine"):
@@ -148,11 +153,23 @@ def look_metrics(arrays: dict, oracle, prev_only, seed: int, reference: dict | N
     return m
 
 
+def flops_metrics(result: dict, dense_result: dict | None) -> dict[str, Estimate]:
+    """Forward FLOPs per clip (results.json, one held-out batch) of this model and of the dense reader beside it."""
+    m = {}
+    for suffix, r in (("", result), ("_dense", dense_result)):
+        flops = (r or {}).get("flops_per_clip")
+        if flops:
+            m[f"flops_per_clip{suffix}"] = _value(flops["forward"])
+            m[f"flops_per_clip{suffix}_encoder"] = _value(flops["encoder"])
+    return m
+
+
 def run_metrics(
-    result: dict, arrays: dict, control: dict | None, seed: int = 0, oracle=None, prev_only=None, reference=None
-) -> dict:
-    """One trained model (and its control models' held-out arrays, where trained) -> {"metrics": name ->
-    Estimate, "layers", "step_ratios", "result"}."""
+    result: dict, arrays: dict, control: dict | None, seed: int = 0, oracle=None, prev_only=None, reference=None,
+    dense: tuple[dict, dict] | None = None,
+) -> dict:  # fmt: skip
+    """One trained model (and its control models' held-out arrays, where trained; the dense reader's results and
+    arrays) -> {"metrics": name -> Estimate, "layers", "step_ratios", "result"}."""
     held = result["heldout"]
     m = {
         "final_ratio": _value(result["final_ratio"]),
@@ -166,7 +183,9 @@ def run_metrics(
     m |= controls
     if control is not None:
         m |= coarse_only_metrics(arrays, control, seed)
-    m |= look_metrics(arrays, oracle, prev_only, seed, reference)
+    dense_result, dense_arrays = dense or (None, None)
+    m |= look_metrics(arrays, oracle, prev_only, seed, reference, dense_arrays)
+    m |= flops_metrics(result, dense_result)
     return {"metrics": m, "layers": layers, "step_ratios": result["step_ratios"], "result": result}
 
 

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
 from foveal.config import ConfigError, RunConfig
+from foveal.evaluation.flops import CPU_SDPA_FLOPS
 from foveal.model import encoder as encoder_module
 from foveal.model.build import build_model
 from foveal.model.encoder import PatchCache
@@ -44,17 +45,6 @@ from foveal.train.encoder_cache import EncoderCache
 from foveal.train.optim import autocast_for, make_optimizer
 
 MIB = 2**20
-aten = torch.ops.aten
-
-# FlopCounterMode has formulas for the CUDA SDPA kernels only; the CPU flash kernel does the same matmuls.
-CPU_SDPA_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(
-        q, k, v
-    ),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: (
-        lambda g, q, k, v, *a, out_shape=None, **kw: sdpa_backward_flop_count(g, q, k, v)
-    ),
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`foveal compare`: train one model per prediction head under the same data, order and budget (optionally several
 seeds, and a coarse-only control per head and seed), then write the held-out tables (summary.md / summary.json),
-each run's results.json and report.html, and a chart. The control models (a coarse-only, an oracle-look and a
-prev-only model per head and seed, or the oracle and prev-only for the first head alone) bound the ratio. A sweep
-(--sweep train.lr=1e-4,3e-4, several keys: their grid) repeats all of it per grid point in out/<key>=<value>[,...]/
-and tabulates every (grid point, head) as one row, the swept values in columns of their own.
+each run's results.json and report.html, and a chart. The control models (a coarse-only, an oracle-look, a
+prev-only and a dense reader model per head and seed, or the oracle, prev-only and dense reader for the first head
+alone) bound the ratio and say what one token per frame recovers of what many give. A sweep (--sweep
+train.lr=1e-4,3e-4, several keys: their grid) repeats all of it per grid point in out/<key>=<value>[,...]/ and
+tabulates every (grid point, head) as one row, the swept values in columns of their own.
 
 Orchestration only: aggregate.py turns the run folders into rows of typed estimates, tables.py renders them.
 Every number in the tables is held-out; with one seed its interval is a 95% paired bootstrap over held-out clips,
@@ -33,8 +34,8 @@ from foveal.train.loop import train
 log = logging.getLogger(__name__)
 
 
-CONTROL_MODELS = ("coarse-only", "oracle", "prev-only")  # separately trained control models, folder suffixes
-CONTROL_CHOICES = ("none", "reference", "all")  # --controls: none; the first head's oracle + prev-only; all of them
+CONTROL_MODELS = ("coarse-only", "oracle", "prev-only", "dense")  # separately trained control models, folder suffixes
+CONTROL_CHOICES = ("none", "reference", "all")  # --controls: none; the first head's oracle, prev-only, dense; all
 
 
 def run_dir(out: Path, head: str, seed: int, seeds: int, control: str = "") -> Path:
@@ -56,18 +57,24 @@ def read_run(folder: Path) -> tuple[dict, dict]:
 def control_run(run: RunConfig, control: str, coarse_weight: float) -> dict:
     """The overrides that turn a head's run into one of its control models (same steps, clips and order):
     coarse-only: the static query only; oracle: the fine pass reads every frame at the target (model.look=oracle);
-    prev-only: the head gets a learned constant instead of h (a coarse-only model: h is unused anyway)."""
+    prev-only: the head gets a learned constant instead of h (a coarse-only model: h is unused anyway); dense: the
+    same LLM reading train.dense_control_tokens pooled patch tokens per frame, no query (its one pass is coarse)."""
     only = {"fine_iterations": 0, "coarse_weight": coarse_weight or 1.0}
     return {
         "coarse-only": {"train": only},
         "oracle": {"model": {"look": "oracle"}},
         "prev-only": {"model": {"prev_only": True}, "train": only},
+        "dense": {  # nothing that needs a query: no glimpse location, look supervision or curriculum
+            "model": {"dense_tokens": run.train.dense_control_tokens, "glimpse": "none"},
+            "train": only | {"look_supervision": 0.0, "oracle_curriculum": 0.0},
+        },
     }[control]
 
 
 def controls_for(cfg: RunConfig, head: str, heads: list[str], controls: str) -> list[str]:
     """Which control models a head gets. The oracle needs ground truth (synthetic clips)."""
-    wanted = {"none": [], "reference": ["oracle", "prev-only"] if head == heads[0] else [], "all": CONTROL_MODELS}
+    first = ["oracle", "prev-only", "dense"] if head == heads[0] else []
+    wanted = {"none": [], "reference": first, "all": CONTROL_MODELS}
     chosen = list(wanted[controls])
     if cfg.data.source != "synthetic" and "oracle" in chosen:
         chosen.remove("oracle")
@@ -83,8 +90,19 @@ def planned_runs(cfg: RunConfig, heads: list[str], out: Path, seeds: int, contro
             runs.append(run)
             for control in controls_for(cfg, head, heads, controls):
                 over = control_run(run, control, cfg.train.coarse_weight)
-                runs.append(replace(run, **over, out_dir=str(run_dir(out, head, seed, seeds, control))))
+                runs.append(
+                    checked(replace(run, **over, out_dir=str(run_dir(out, head, seed, seeds, control))), control)
+                )
     return [wandb_named(r, out) for r in runs] if cfg.train.wandb else runs
+
+
+def checked(run: RunConfig, control: str) -> RunConfig:
+    """A control model's config, validated before anything trains (e.g. the dense reader's k against the grid)."""
+    try:
+        validate(run)
+    except ConfigError as e:
+        raise ConfigError(f"--controls: the {control} control model: {e}") from None
+    return run
 
 
 def wandb_named(run: RunConfig, out: Path) -> RunConfig:
@@ -113,13 +131,15 @@ def train_all(runs: list[RunConfig]) -> None:
         write_report(run.out_dir)
         what = "coarse-only" if not result["fine_iterations"] else f"held-out ratio {result['heldout_ratio']:.4f}"
         what += " (oracle look)" if run.model.look == "oracle" else " (prev-only)" if run.model.prev_only else ""
+        what += f" (dense reader, {run.model.dense_tokens} tokens per frame)" if run.model.dense_tokens else ""
         log.info(f"{run.model.head} seed {run.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
 
 
 def rows_from(cfg: RunConfig, out: Path, heads: list[str], seeds: int, controls: str) -> list[dict]:
     """One aggregated row per head, read back from the run folders. A head without its own oracle / prev-only
     models borrows the reference head's (the first head): their ratios are against the reference's coarse path,
-    and the gain captured is this head's gain over the reference's headroom; its row says so."""
+    and the gain captured is this head's gain over the reference's headroom; its row says so. The dense reader
+    comes with its results (its FLOPs per clip) as well as its arrays."""
     rows = []
     seed0 = cfg.train.seed
     for head in heads:
@@ -128,13 +148,16 @@ def rows_from(cfg: RunConfig, out: Path, heads: list[str], seeds: int, controls:
         borrowed = [c for c in controls_for(cfg, heads[0], heads, controls) if c not in own and c != "coarse-only"]
         for seed in range(seed0, seed0 + seeds):
             result, arrays = read_run(run_dir(out, head, seed, seeds))
-            found = {c: read_run(run_dir(out, head, seed, seeds, c))[1] for c in own}
-            found |= {c: read_run(run_dir(out, heads[0], seed, seeds, c))[1] for c in borrowed}
+            found = {c: read_run(run_dir(out, head, seed, seeds, c)) for c in own}
+            found |= {c: read_run(run_dir(out, heads[0], seed, seeds, c)) for c in borrowed}
             reference = read_run(run_dir(out, heads[0], seed, seeds))[1] if borrowed else None
-            controls_found = (found.get("coarse-only"), seed, found.get("oracle"), found.get("prev-only"), reference)
-            runs.append(run_metrics(result, arrays, *controls_found))
+            got = {c: arrays_of for c, (_, arrays_of) in found.items()}
+            controls_found = (got.get("coarse-only"), seed, got.get("oracle"), got.get("prev-only"), reference)
+            runs.append(run_metrics(result, arrays, *controls_found, dense=found.get("dense")))
         row = aggregate(runs)
         row["controls_from"] = heads[0] if borrowed else head
+        if "dense" in own + borrowed:
+            row["dense_tokens"] = cfg.train.dense_control_tokens
         rows.append(row)
     return rows
 
@@ -202,12 +225,12 @@ def compare(
     sweep: dict[str, list] | None = None,
 ) -> list[dict]:
     """Train every head (`seeds` times) and its control models (`controls`: none | reference (the first head's
-    oracle-look and prev-only models) | all (coarse-only, oracle, prev-only for every head)), then one aggregated
-    row per head: out/<head>[/seed-<s>], out/<head>-<control>[/...]. sweep ({"train.lr": [1e-4, 3e-4], ...}): all
-    of it per point of the keys' grid, in out/<key>=<value>[,...]/, one row per point and head (row["sweep"]: the
-    point's values). cfg.resume: finished runs are kept and the others continue from their newest checkpoint.
-    summarize_only: train nothing, rebuild the tables from the folders already there. Under torchrun every rank
-    trains; rank 0 alone writes and returns the rows."""
+    oracle-look, prev-only and dense reader models) | all (coarse-only, oracle, prev-only, dense for every head)),
+    then one aggregated row per head: out/<head>[/seed-<s>], out/<head>-<control>[/...]. sweep ({"train.lr": [1e-4,
+    3e-4], ...}): all of it per point of the keys' grid, in out/<key>=<value>[,...]/, one row per point and head
+    (row["sweep"]: the point's values). cfg.resume: finished runs are kept and the others continue from their
+    newest checkpoint. summarize_only: train nothing, rebuild the tables from the folders already there. Under
+    torchrun every rank trains; rank 0 alone writes and returns the rows."""
     out = Path(out_dir)
     points = sweep_points(cfg, sweep, out)  # every point validated before anything trains
     out.mkdir(parents=True, exist_ok=True)

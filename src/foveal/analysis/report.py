@@ -205,7 +205,7 @@ def gallery(run: Path, count: int) -> list[dict]:
     """viz pictures of held-out clips 0..count-1 of the run's newest checkpoint, in <run>/viz/. Reused when
     <run>/viz/gallery.json says they were drawn from that very checkpoint (compare's report reuses each head's)."""
     ckpt = latest(run / "checkpoints")
-    if ckpt is None or count <= 0:
+    if ckpt is None or count <= 0 or dense_reader(run):  # the dense reader has no look to draw
         return []
     out = run / GALLERY
     manifest = out / "gallery.json"
@@ -459,6 +459,11 @@ def summary_md(folder: Path) -> list[str]:
 def _config(run: Path) -> dict:
     path = run / "config.yaml"
     return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def dense_reader(run: Path) -> bool:
+    """Whether the run folder holds the dense reader control (model.dense_tokens > 0)."""
+    return bool(_config(run).get("model", {}).get("dense_tokens"))
 
 
 def _describe(cfg: dict) -> str:

@@ -156,6 +156,8 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]], extra=
     return "\n".join(lines)
 
 
+DENSE_TITLE = "Dense reader (k tokens)"  # k filled in from the rows (train.dense_control_tokens)
+
 # the looking table: every ratio is the model's coarse loss over the loss with another look, steered frames t>=2
 LOOK_COLUMNS = [
     ("Fine (learned looks)", "recon_ratio", False),
@@ -163,9 +165,11 @@ LOOK_COLUMNS = [
     ("Oracle look at eval", "recon_ratio_oracle_eval", False),
     ("Shuffled looks", "recon_ratio_shuffled", False),
     ("Prev-only model", "recon_prev_only_ratio", True),
+    (DENSE_TITLE, "recon_dense_ratio", True),
     ("Gain captured", "recon_gain_captured", True),
     ("Caption fine", "caption_ratio", False),
     ("Caption oracle-look model", "caption_oracle_ratio", True),
+    (f"Caption {DENSE_TITLE.lower()}", "caption_dense_ratio", True),
     ("Caption shuffled", "caption_ratio_shuffled", False),
     ("Caption gain captured", "caption_gain_captured", True),
 ]
@@ -189,13 +193,15 @@ def look_cell(row: dict, name: str, from_control: bool) -> str:
 
 def has_controls(rows: list[dict]) -> bool:
     """Whether any row has a trained control model or a look control (the looking table has something to say)."""
-    return any(name in r["metrics"] for r in rows for _, name, _ in LOOK_COLUMNS[1:6])
+    return any(name in r["metrics"] for r in rows for _, name, _ in LOOK_COLUMNS[1:7])
 
 
 def look_table(rows: list[dict]) -> str:
     """Does looking pay, and how much of what a perfect look buys do the learned looks get?"""
     columns = [c for c in LOOK_COLUMNS if any(c[1] in r["metrics"] for r in rows)]
-    head = ["Head", *swept(rows), *(c[0] for c in columns)]
+    k = {r["dense_tokens"] for r in rows if "dense_tokens" in r}
+    dense = f"{k.pop()} tokens" if len(k) == 1 else "k tokens"  # a sweep of train.dense_control_tokens: its column
+    head = ["Head", *swept(rows), *(c[0].replace("k tokens", dense) for c in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [f"**{r['head']}**", *sweep_cells(r), *(look_cell(r, n, b) for _, n, b in columns)]
@@ -205,15 +211,41 @@ def look_table(rows: list[dict]) -> str:
         "each ratio = the model's coarse loss / the loss with that look (> 1: better than the static look). Oracle-"
         "look model: trained and evaluated with every fine read forced onto the target (the ceiling); oracle look at "
         "eval: this model read that way; shuffled: its fine pass read with another clip's queries (the floor of "
-        "looking); prev-only: a model whose head gets a constant instead of h (the previous frame alone). Gain "
-        "captured = (L_coarse - L_fine) / (L_coarse - L_oracle), shown where the oracle's gain is clearly > 0."
+        "looking); prev-only: a model whose head gets a constant instead of h (the previous frame alone); dense "
+        "reader: the same LLM reading k average-pooled patch tokens per frame instead of one looked-at token "
+        "(model.dense_tokens = train.dense_control_tokens; no query, trained coarse-only with the same budget). "
+        "Gain captured = (L_coarse - L_fine) / (L_coarse - L_oracle), shown where the oracle's gain is clearly > 0."
     ]
     if any(r.get("controls_from", r["head"]) != r["head"] for r in rows):
         notes.append(
             f"† the reference head's ({rows[0]['head']}) control models, against its own coarse path; the gain "
             "captured is this head's gain over the reference's headroom."
         )
-    return " ".join(notes) + "\n\n" + "\n".join(lines)
+    flops = flops_line(rows)
+    return " ".join(notes) + "\n\n" + "\n".join(lines) + (f"\n\n{flops}" if flops else "")
+
+
+def gflop(x: float) -> str:
+    return f"{x / 1e9:.3g} GFLOP"
+
+
+def flops_line(rows: list[dict]) -> str:
+    """What each reader costs: forward FLOPs per clip (one held-out batch; encoder included, its share given), the
+    dense reader against each head's foveated model (coarse + fine as trained); "" without a dense reader."""
+    dense = next((r for r in rows if "flops_per_clip_dense" in r["metrics"]), None)
+    if dense is None:
+        return ""
+    m = dense["metrics"]
+    k = dense.get("dense_tokens", "k")
+    heads = [r for r in rows if "flops_per_clip" in r["metrics"]]
+    fov = ", ".join(
+        f"{' '.join([r['head'], *sweep_cells(r)])} {gflop(r['metrics']['flops_per_clip']['value'])}" for r in heads
+    )
+    return (
+        f"**FLOPs per clip** (forward: encoder, LLM passes and head; one held-out batch): dense reader ({k} tokens): "
+        f"{gflop(m['flops_per_clip_dense']['value'])} per clip vs foveated (coarse + fine) {fov}; the encoder's "
+        f"share {gflop(m['flops_per_clip_dense_encoder']['value'])}, the same for every reader."
+    )
 
 
 PROBE_COLUMNS = [

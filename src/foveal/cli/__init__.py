@@ -58,8 +58,9 @@ def add_compare(sub) -> None:
         const="all",
         default="reference",
         choices=CONTROL_CHOICES,
-        help="control models: reference (default: an oracle-look and a prev-only model for the first head), all "
-        "(--controls alone: a coarse-only, an oracle and a prev-only model for every head), none",
+        help="control models: reference (default: an oracle-look, a prev-only and a dense reader model for the first "
+        "head; the dense reader reads train.dense_control_tokens pooled tokens per frame), all (--controls alone: a "
+        "coarse-only, an oracle, a prev-only and a dense reader model for every head), none",
     )
     p.add_argument(
         "--sweep",

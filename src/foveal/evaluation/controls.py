@@ -15,8 +15,9 @@ the last clip's h, for "another clip's h"). Adding a control = one function + `@
               does the model know what to do with a perfect look?
   shuffled_look  the fine pass read with the queries the model emitted for another clip: the floor of looking;
   target_region  (ground truth, recon) each path's MSE over the target grid cells the target covers.
-The coarse-only, oracle-look (model.look=oracle) and prev-only (model.prev_only) controls are separately trained
-models; compare pairs them with these arrays.
+The coarse-only, oracle-look (model.look=oracle), prev-only (model.prev_only) and dense reader (model.dense_tokens)
+controls are separately trained models; compare pairs them with these arrays. The dense reader has no query: the
+controls that need one (attention, the oracle and shuffled looks) skip it.
 """
 
 from __future__ import annotations
@@ -145,6 +146,8 @@ def attention(ev: Evaluated) -> dict[str, torch.Tensor]:
     if ev.on_target is not None:
         out["attention_chance"] = ev.on_target.float().sum(-1) / (ev.on_target.shape[-1] + 1)  # +1: CLS
     for name, p in passes(ev).items():
+        if p.attention is None:  # the dense reader: no query, no attention
+            continue
         out[f"attention_{name}_entropy"] = attention_entropy(p.attention.weights, ev.batch.frames.shape[1])
         if ev.on_target is not None:
             out[f"attention_{name}"] = target_mass(p.attention.weights, ev.on_target)
@@ -164,8 +167,9 @@ def region_mse(pred: torch.Tensor, targets: torch.Tensor, on_target: torch.Tenso
 
 @control("tokens")
 def tokens(ev: Evaluated) -> dict[str, torch.Tensor]:
-    """Each path's frame tokens [B, T, H], for the linear probes of what a token says about the target."""
-    if ev.on_target is None:
+    """Each path's frame tokens [B, T, H], for the linear probes of what a token says about the target (not the
+    dense reader's k per frame)."""
+    if ev.on_target is None or ev.model.dense_tokens:
         return {}
     return {f"tokens_{name}": p.tokens for name, p in passes(ev).items()}
 

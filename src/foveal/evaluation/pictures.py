@@ -113,6 +113,8 @@ def oracle_bias(model, clip: Clip, frame_size: int) -> torch.Tensor | None:
 def analyse(model, cfg: RunConfig, clip: Clip, vae=None, decode: bool | None = None) -> ClipView:
     """One forward (coarse, then fine) over the clip with the attention kept; losses and pictures of the next-frame
     predictions when the run predicts pixels, or VAE latents and a VAE is given."""
+    if model.dense_tokens:
+        raise ValueError("viz: a dense reader (model.dense_tokens > 0) has no query, so no look to draw")
     device = next(model.parameters()).device
     frames = clip.frames.to(device)
     batch = Batch(encoder_input(frames)[None])

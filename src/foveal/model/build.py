@@ -30,7 +30,7 @@ def build_model(cfg: RunConfig) -> tuple[FoveatedVLM, object]:
         options = HeadOptions(m.look, m.prev_only, m.predict, m.prev_noise, m.prev_drop)
         grid = encoder.grid(m.frame_size)
         glimpse = GlimpseLocation(grid, llm.config.hidden_size) if m.glimpse == "position" else None
-        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale, options, glimpse)
+        model = FoveatedVLM(encoder, llm, head, target, m.query_dim, m.visual_scale, options, glimpse, m.dense_tokens)
     dino.requires_grad_(not m.dino.freeze)
     llm.requires_grad_(not m.llm.freeze)
     if m.prev_only:  # the floor control's loss reaches only the head, the blank and the constant h: train just those

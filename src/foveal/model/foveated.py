@@ -8,13 +8,17 @@ predicts frame t from the true target of frame t-1 (teacher forcing). The target
 is a registered component (model/targets/). Caption: [mode, z_0..z_{T-1}, video_end, caption, eos]; video_end's
 state predicts the first caption token. The model returns predictions and logits; objectives turn them into losses.
 Inference: coarse, fine (coarse->fine) and autoregressive (one frame at a time, LLM KV cache).
+The dense reader control (dense_tokens = k > 0) has no query: its one pass reads each frame as k average-pooled
+patch tokens, [mode, k tokens of frame 0, .., k of frame T-1, (text)], and keeps the states the one-token reader has.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
@@ -34,8 +38,8 @@ FIRST_STEERED = 2
 class Pass:
     """One reading of a batch of clips: the coarse pass, a fine iteration, or the autoregressive path."""
 
-    queries: torch.Tensor  # [B, T, Q] the queries that read the frames
-    tokens: torch.Tensor  # [B, T, H] the frame tokens they read
+    queries: torch.Tensor | None  # [B, T, Q] the queries that read the frames (None: the dense reader)
+    tokens: torch.Tensor  # [B, T, H] the frame tokens they read ([B, T*k, H] the dense reader's pooled tokens)
     hidden: torch.Tensor | None = None  # [B, 1+T(+1+L), H] LLM states: mode token, frames, (video_end, caption)
     attention: Attention | None = None
     pred: torch.Tensor | None = None  # [B, T, C, S, S] each frame's predicted target
@@ -86,11 +90,13 @@ class FoveatedVLM(nn.Module):
         visual_scale: float | None = None,
         options: HeadOptions | None = None,
         glimpse: GlimpseLocation | None = None,
+        dense_tokens: int = 0,
     ):
         super().__init__()
         self.encoder, self.llm, self.head, self.target = encoder, llm, head, target
         self.glimpse = glimpse  # None: a frame token is what was read, not where (model.glimpse = none)
         self.options = options or HeadOptions()
+        self.dense_tokens = dense_tokens  # k > 0: the dense reader control (k pooled patch tokens per frame)
         hidden = llm.config.hidden_size
         self.target_shape = tuple(target.shape)  # (C, S, S)
         if visual_scale is None:  # match the LLM's own token scale (SmolLM2: ~0.14)
@@ -149,6 +155,28 @@ class FoveatedVLM(nn.Module):
             return x
         g = self.glimpse(attention.weights[:, 0, -1].mean(-2))  # [N, P] -> [N, H]
         return x + g * torch.rsqrt(g.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(g.dtype) * self.visual_scale
+
+    def dense_read(self, cache: PatchCache, b: int, t: int) -> torch.Tensor:
+        """The dense reader's tokens: each frame's final patch features (CLS excluded) average-pooled to a
+        sqrt(k) x sqrt(k) grid and projected like a query's token -> [B, T*k, H], frame by frame, row-major."""
+        f = cache.features[:, 1:]  # [B*T, G*G, D]
+        g, side = math.isqrt(f.shape[1]), math.isqrt(self.dense_tokens)
+        pooled = F.adaptive_avg_pool2d(f.transpose(1, 2).unflatten(-1, (g, g)), side)  # [B*T, D, side, side]
+        return self.project(pooled.flatten(2).transpose(1, 2)).reshape(b, t * self.dense_tokens, -1)
+
+    def dense_pass(self, cache: PatchCache, b: int, t: int, text: Batch | None = None, llm: bool = True) -> Pass:
+        """The dense reader's one pass: the LLM over [coarse_token, T*k tokens, (video_end, caption)]. It keeps the
+        states a one-token reader has, hidden [B, 1+T(+1+L), H]: the mode token's, each frame's last token's (at
+        k, 2k, .., T*k: the first state that saw the whole frame) and the caption's, so the head reads it unchanged."""
+        tokens = self.dense_read(cache, b, t)  # [B, T*k, H]
+        p = Pass(None, tokens)
+        if llm:
+            h = self.run_llm(self.coarse_token, tokens, text)  # [B, 1+T*k(+1+L), H]
+            k, device = self.dense_tokens, h.device
+            frame_last = torch.arange(1, t + 1, device=device) * k
+            keep = torch.cat([frame_last.new_zeros(1), frame_last, torch.arange(1 + t * k, h.shape[1], device=device)])
+            p.hidden = h[:, keep]
+        return p
 
     def shift(self, queries: torch.Tensor) -> torch.Tensor:
         """Queries emitted at frames 0..T-1 -> queries for frames 0..T-1: q_init, then the one from frame t-1."""
@@ -214,7 +242,11 @@ class FoveatedVLM(nn.Module):
         """The coarse pass (static query), then `iterations` fine passes, each reading with the queries the pass
         before it emitted, shifted by one frame. final_llm=False stops before the last pass's LLM run (generation
         runs it itself, with a KV cache). fine_bias [B, T, P]: an additive mask on every fine read's attention
-        logits (the oracle look); the coarse pass never gets one."""
+        logits (the oracle look); the coarse pass never gets one. The dense reader's one pass is its coarse pass."""
+        if self.dense_tokens:
+            if iterations:
+                raise ValueError("a dense reader (model.dense_tokens > 0) has no query to refine: fine_iterations=0")
+            return [self.dense_pass(cache, b, t, text, final_llm)]
         queries = self.q_static.expand(b, t, -1)  # [B, T, Q]
         passes = []
         for i in range(iterations + 1):
@@ -290,6 +322,10 @@ class FoveatedVLM(nn.Module):
         return out, targets
 
     def _autoregressive_frames(self, batch: Batch, queries, use_cache: bool, return_attention=False, cache=None):
+        if self.dense_tokens:
+            raise ValueError(
+                "a dense reader (model.dense_tokens > 0) reads no frame with a query: no autoregressive path"
+            )
         b, t = batch.frames.shape[:2]
         frames = self.encode(batch.frames) if cache is None else cache
         frame_index = torch.arange(b * t, device=batch.frames.device).view(b, t)

@@ -25,6 +25,7 @@ from foveal.data.loader import micro_batches
 from foveal.data.video import merge_skips
 from foveal.evaluation.controls import target_mass
 from foveal.evaluation.evaluate import evaluate, make_batch
+from foveal.evaluation.flops import forward_flops
 from foveal.evaluation.pictures import analyse, dataset_clip, grid_figure
 from foveal.evaluation.plotting import figure_pixels
 from foveal.evaluation.summary import summarize
@@ -357,6 +358,16 @@ def heldout(run: Run, autoregressive: bool = False) -> dict:
         )
 
 
+def clip_flops(run: Run) -> dict | None:
+    """Forward FLOPs per clip on the first held-out batch (what compare weighs the dense reader by); None where the
+    model is sharded (rank 0 cannot run it alone) or nothing is held out."""
+    if sharding.sharded(run.model) or not len(run.heldout_set):
+        return None
+    idx = range(min(run.cfg.train.batch_size, len(run.heldout_set)))
+    batch = make_batch(run.collate([run.heldout_set[i] for i in idx]), run.dist.device, run.objective.caption)
+    return forward_flops(run.model, batch, run.objective, run.cfg.train.fine_iterations)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # the run
 
@@ -440,7 +451,7 @@ def evaluate_now(run: Run, row: dict, logger: MetricsLogger) -> None:
     ev = summarize(heldout(run), seed=run.cfg.train.seed)
     row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})  # report.html's curve
     row.update(scalars(ev, "eval"))
-    draw = bool(logger.tb or logger.wandb)
+    draw = bool(logger.tb or logger.wandb) and not run.model.dense_tokens  # the dense reader has no look to draw
     if sharding.sharded(run.model):
         draw = run.dist.any(draw)  # rank 0 decides; every rank runs the model
     if draw:
@@ -471,6 +482,7 @@ def finish(run: Run, arrays: dict, skipped: dict[str, list[str]], startup: list[
     results["startup"] = {k: [rank[k] for rank in startup] for k in ("seconds", "peak_rss_mib")}  # per rank
     results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
     results["data_skipped_files"] = skipped
+    results["flops_per_clip"] = clip_flops(run)  # {"forward", "encoder"}
     (run.out / "results.json").write_text(strict_json(results))  # null for a missing number
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, run.out / "heldout_losses.pt")
     return results
