@@ -68,6 +68,7 @@ def test_compare_writes_every_file_with_the_schema(tmp_path, cache_dir, capsys):
     md = (out / "summary.md").read_text()
     assert md.count("\n| **") == 2 * len(HEADS)  # the looking table first, then the study's table
     assert md.index("**Does looking pay?**") < md.index("| Head Type |") and "| Oracle-look model |" in md
+    assert "Caption per slot" not in md and all(r["caption_slots"] == [] for r in rows)  # recon only: no captions
     assert (out / "comparison.png").stat().st_size > 10_000
 
 

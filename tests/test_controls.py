@@ -71,6 +71,22 @@ def test_caption_video_control_swaps_only_the_frames(where):
     assert "video_other_minus_fine" in summarize(real)["caption"]
 
 
+def test_per_token_caption_ce_is_kept_across_ragged_batches(where):
+    """caption_tokens_<path> [N, L+1]: batches of 4 and 2 clips padded to the longest caption, NaN past each eos
+    exactly where caption_ids is; its mean over a clip's tokens is that clip's caption_<path>."""
+    model, collator, heldout, _ = where
+    clips = sorted((heldout[i] for i in range(len(heldout))), key=lambda c: -len(c["caption"].split()))
+    lengths = [len(collator([c])["caption_ids"][0]) for c in clips]
+    assert max(lengths[4:]) < max(lengths[:4])  # the longest captions first: the second batch is narrower
+    arrays = evaluate(model, clips, collator, CAPTION, batch_size=4)
+    ids = arrays["caption_ids"]
+    assert ids.shape == (len(clips), max(lengths)) and np.isfinite(ids).sum(1).tolist() == lengths
+    for path in ("coarse", "fine", "fine_video_other", "shuffled"):  # the paths and a control's re-scored pass
+        tokens = arrays[f"caption_tokens_{path}"]
+        np.testing.assert_array_equal(np.isfinite(tokens), np.isfinite(ids))
+        np.testing.assert_allclose(np.nanmean(tokens, 1), arrays[f"caption_{path}"], rtol=1e-5)
+
+
 def test_h_ablation_changes_h_only(where):
     model, collator, heldout, targets = where
     raw = collator([heldout[i] for i in range(3)])

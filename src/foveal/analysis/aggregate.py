@@ -60,6 +60,23 @@ def heldout_metrics(held: dict) -> dict[str, Estimate]:
     return m
 
 
+def slot_metrics(held: dict) -> dict[str, Estimate]:
+    """Each path's caption CE at each slot (caption_slot<j>_<path>), as the held-out summary's interval."""
+    n = held.get("clips", 0)
+    return {
+        f"caption_slot{s['slot']}_{p}": _interval(e, n)
+        for s in held.get("caption_slots", [])
+        for p, e in s["ce"].items()
+    }
+
+
+def slot_rows(held: dict) -> list[dict]:
+    """What describes each slot (the same held-out clips for every seed): index, word, distinct tokens, chance,
+    the paths scored there."""
+    keys = ("slot", "word", "distinct", "chance", "fixed")
+    return [{k: s[k] for k in keys} | {"paths": list(s["ce"])} for s in held.get("caption_slots", [])]
+
+
 def control_metrics(held: dict) -> tuple[dict[str, Estimate], dict[str, list]]:
     """Copy-last, the h-ablation and where the queries look (with the per-layer attention lists)."""
     n, m, layers = held.get("clips", 0), {}, {}
@@ -178,7 +195,7 @@ def run_metrics(
         "loss_coarse_train": _value(result["loss_coarse"]),
     }
     m |= {k: _value(v) for k, v in result.items() if k.startswith("final_") and k != "final_ratio"}
-    m |= heldout_metrics(held)
+    m |= heldout_metrics(held) | slot_metrics(held)
     controls, layers = control_metrics(held)
     m |= controls
     if control is not None:
@@ -217,5 +234,6 @@ def aggregate(runs: list[dict]) -> dict:
         "clips": first["heldout"].get("clips", 0),
         "metrics": {k: v.as_dict() for k, v in metrics.items()},
         "attention_layers": layers,
+        "caption_slots": slot_rows(first["heldout"]),
         "step_ratios": runs[0]["step_ratios"],
     }

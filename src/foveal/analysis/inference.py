@@ -80,4 +80,4 @@ def evaluate_modes(cfg: RunConfig, model, tokenizer, batch_size: int = 8) -> dic
         autoregressive=True,
     )
     model.target.flush()
-    return summarize(arrays, seed=cfg.train.seed)
+    return summarize(arrays, seed=cfg.train.seed, word=collate.word)

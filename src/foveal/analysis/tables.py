@@ -259,6 +259,34 @@ PROBE_COLUMNS = [
 ]
 
 
+# a caption path's column title in the per-slot table; any other path present gets "<path> CE"
+SLOT_PATHS = {
+    "coarse": "Coarse CE",
+    "fine": "Fine CE",
+    "autoregressive": "Autoregressive CE",
+    "oracle_eval": "Oracle look CE",
+    "shuffled": "Shuffled looks CE",
+    "coarse_video_other": "Coarse CE, other clip's video",
+    "fine_video_other": "Fine CE, other clip's video",
+}
+
+
+def slot_table(rows: list[dict]) -> str:
+    """One line per run and informative caption slot (chance > 0): the slot's commonest word, chance and each
+    path's held-out CE there."""
+    found = dict.fromkeys(p for r in rows for s in r.get("caption_slots", []) for p in s["paths"])
+    paths = [p for p in SLOT_PATHS if p in found] + [p for p in found if p not in SLOT_PATHS]
+    head = ["Objective", "Head", *swept(rows), "Slot", "Word", "Chance", *(SLOT_PATHS.get(p, f"{p} CE") for p in paths)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        for s in (s for s in r.get("caption_slots", []) if not s["fixed"]):
+            word = s["word"].replace("|", "\\|") or "(space)"  # a sub-word token may be a bare space or a pipe
+            cells = [r["objective"], f"**{r['head']}**", *sweep_cells(r), str(s["slot"]), word]
+            cells += [_num(s["chance"], "loss"), *(cell(r, f"caption_slot{s['slot']}_{p}", "loss") for p in paths)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def tables(rows: list[dict]) -> str:
     """The held-out ratio table, the controls table and (where there is ground truth) the attention table; a table
     none of whose metrics exist (e.g. controls without a recon loss) is left out."""
@@ -296,6 +324,14 @@ def tables(rows: list[dict]) -> str:
             "half the held-out clips and scored on the other half): R^2 of the target's position and accuracy of its "
             "colour, from the coarse and fine tokens and from this model's tokens read with the oracle look.\n\n"
             + markdown_table(rows, PROBE_COLUMNS)
+        )
+    if any(not s["fixed"] for r in rows for s in r.get("caption_slots", [])):
+        parts.append(
+            "**Caption per slot** (held-out CE per token, nats, at each caption position where at least half the clips "
+            "have a word and more than one word occurs): chance = the entropy of the slot's words over the held-out "
+            "clips, the CE of the best predictor that never sees the clip. A path below chance predicts the slot; "
+            "other clip's video says how much of that comes from the video. Template words (one word, chance 0) are "
+            "in results.json, flagged fixed.\n\n" + slot_table(rows)
         )
     return "\n\n".join(parts)
 

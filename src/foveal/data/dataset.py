@@ -127,6 +127,10 @@ class Collator:
     def __init__(self, tokenizer, max_tokens: int = 32):
         self.tokenizer, self.max_tokens = tokenizer, max_tokens
 
+    def word(self, token_id: int) -> str:
+        """One caption token as text (the per-slot caption diagnostic's label)."""
+        return self.tokenizer.decode([token_id]).strip()
+
     def __call__(self, items: list[dict]) -> dict:
         tok = self.tokenizer
         ids = [

@@ -61,10 +61,18 @@ class Evaluated:
             model.caption_logits([p], t)
         (s,) = score_passes(model, [p], self.out.targets, self.batch, self.objective.kinds)
         out = {f"recon_{name}": s.recon} if s.recon is not None else {}
-        out |= {f"caption_{name}": s.caption_per_clip} if s.caption_sum is not None else {}
+        out |= caption_arrays(name, s)
         if s.recon is not None and self.on_target is not None:
             out[f"region_{name}"] = region_mse(p.pred, self.out.targets, self.on_target)
         return out
+
+
+def caption_arrays(name: str, s: Scores) -> dict[str, torch.Tensor]:
+    """caption_<name> [B] (mean token CE) and caption_tokens_<name> [B, L+1] (each target's CE, for the per-slot
+    diagnostic); none without caption scores."""
+    if s.caption_sum is None:
+        return {}
+    return {f"caption_{name}": s.caption_per_clip, f"caption_tokens_{name}": s.caption_tokens}
 
 
 CONTROLS: dict[str, Callable[[Evaluated], dict[str, torch.Tensor]]] = {}
@@ -120,8 +128,8 @@ def video_other(ev: Evaluated) -> dict[str, torch.Tensor]:
     other = ev.model(swapped, recon=False, caption=True, fine_iterations=ev.fine_iterations)
     coarse, fine = score(ev.model, other, swapped, ("caption",))
     ev.state["frames"] = b.frames[-1:]
-    out = {"caption_coarse_video_other": coarse.caption_per_clip}
-    return out | ({"caption_fine_video_other": fine[-1].caption_per_clip} if fine else {})
+    paths = {"coarse": coarse} | ({"fine": fine[-1]} if fine else {})
+    return {k: v for name, s in paths.items() for k, v in caption_arrays(f"{name}_video_other", s).items()}
 
 
 def target_mass(weights: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:

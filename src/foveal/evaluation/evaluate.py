@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from foveal.data.dataset import target_looks
 from foveal.data.frames import encoder_input
-from foveal.evaluation.controls import CONTROLS, Evaluated
+from foveal.evaluation.controls import CONTROLS, Evaluated, caption_arrays
 from foveal.model.encoder import look_mask
 from foveal.model.foveated import Batch, FoveatedVLM
 from foveal.objectives import Objective, score, score_passes
@@ -32,9 +33,18 @@ def path_arrays(name: str, s) -> dict[str, torch.Tensor]:
     out = {}
     if s.recon is not None:
         out |= {f"recon_{name}": s.recon, f"mse_{name}": s.mse, f"cosine_{name}": s.cosine}
-    if s.caption_sum is not None:
-        out[f"caption_{name}"] = s.caption_per_clip
-    return out
+    return out | caption_arrays(name, s)
+
+
+RAGGED = ("caption_tokens_", "caption_ids")  # [B, L_b]: each batch padded to its own longest caption
+
+
+def concat(key: str, values: list[torch.Tensor]) -> torch.Tensor:
+    """One array's batches -> [N, ...]; a per-token caption array right-padded with NaN to the widest batch."""
+    if not key.startswith(RAGGED):
+        return torch.cat(values)
+    width = max(v.shape[1] for v in values)
+    return torch.cat([F.pad(v, (0, width - v.shape[1]), value=torch.nan) for v in values])
 
 
 @torch.no_grad()
@@ -52,7 +62,8 @@ def evaluate(
 ) -> dict[str, np.ndarray]:
     """Per-clip arrays over the whole dataset. Paths: coarse, fine (the final fine iteration; absent for a
     coarse-only model), autoregressive when asked.
-      recon_<path> [N, T], mse_<path>, cosine_<path> [N, T], caption_<path> [N] (mean token CE)
+      recon_<path> [N, T], mse_<path>, cosine_<path> [N, T], caption_<path> [N] (mean token CE),
+      caption_tokens_<path> [N, L+1] (each caption target's CE) and caption_ids [N, L+1] (the targets), NaN past eos
       and every control's arrays (controls.py), e.g. recon_copy_last [N, T-1], recon_<path>_h_zero [N, T]
     A model built with model.look=oracle reads its fine pass at the target here too (the dataset's ground truth).
     """
@@ -74,6 +85,8 @@ def evaluate(
             paths = {"coarse": coarse} | ({"fine": fine[-1]} if fine else {})
             ev = Evaluated(model, objective, batch, res, paths, fine_iterations, on_target, state, cache)
             arrays = {k: v for name, s in paths.items() for k, v in path_arrays(name, s).items()}
+            if objective.caption:  # the per-slot diagnostic's chance; ids as floats are exact below 2^24
+                arrays["caption_ids"] = batch.caption_ids.float().masked_fill(~batch.caption_mask, torch.nan)
             for fn in CONTROLS.values():
                 arrays |= fn(ev)
             if autoregressive and res.fine:
@@ -85,4 +98,4 @@ def evaluate(
         for key, value in arrays.items():
             out.setdefault(key, []).append(value.float().cpu())
     model.train(was_training)
-    return {k: torch.cat(v).numpy() for k, v in out.items()}
+    return {k: concat(k, v).numpy() for k, v in out.items()}

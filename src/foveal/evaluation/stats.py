@@ -79,6 +79,15 @@ def paired_bootstrap_diff(
     return diff, lo, hi
 
 
+def mean_estimate(x, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Estimate:
+    """The mean over clips with a BCa interval from resampling clips (e.g. one path's caption CE at one slot)."""
+    x = np.asarray(x, np.float64)
+    if len(x) < 2:
+        return Estimate(float(x.mean()), NAN, NAN, "clips", len(x))
+    lo, hi = _bootstrap((x,), lambda v, axis=-1: v.mean(axis), n_boot, seed, level)
+    return Estimate(float(x.mean()), lo, hi, "clips", len(x))
+
+
 def ratio_estimate(coarse, fine, seed: int = 0) -> Estimate:
     value, lo, hi = paired_bootstrap_ratio(coarse, fine, seed=seed)
     return Estimate(value, lo, hi, "clips", len(coarse))

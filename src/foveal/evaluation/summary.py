@@ -4,9 +4,11 @@ of clips on which fine beats coarse, per-frame means, the controls and the atten
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 
+from foveal.evaluation.slots import caption_slots
 from foveal.evaluation.stats import Estimate, paired_bootstrap_diff, paired_bootstrap_ratio
 from foveal.model.foveated import FIRST_STEERED
 
@@ -45,9 +47,10 @@ def recon_summary(arrays: dict[str, np.ndarray], s: dict, seed: int) -> None:
             s[f"{short}_{path}_steered"] = float(steered(values).mean())  # comparable with copy-last on t>=2
 
 
-def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
+def summarize(arrays: dict[str, np.ndarray], seed: int = 0, word: Callable[[int], str] | None = None) -> dict:
     """Held-out ratios with paired-bootstrap 95% CIs, share of clips where fine beats coarse, per-frame means, the
-    controls and the target attention mass. Recon numbers are over the steered frames t >= 2 (frame 0 is predicted
+    controls, the target attention mass and, with captions, each path's CE per caption slot against chance (slots.py;
+    `word` turns a token id into its text). Recon numbers are over the steered frames t >= 2 (frame 0 is predicted
     from the learned blank, frame 1 from a state that saw only statically read frames); all frames stay as
     ratio_all_frames."""
     summary: dict = {"clips": int(len(next(iter(arrays.values())))) if arrays else 0}
@@ -85,6 +88,8 @@ def summarize(arrays: dict[str, np.ndarray], seed: int = 0) -> dict:
         summary["copy_last"] = summarize_copy_last(arrays, seed)
     if "truth_centre" in arrays and "tokens_coarse" in arrays:
         summary["probes"] = probes(arrays)
+    if "caption_ids" in arrays:
+        summary["caption_slots"] = caption_slots(arrays, seed, word)
     return summary
 
 

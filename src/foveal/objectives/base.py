@@ -29,6 +29,7 @@ class Scores:
     cosine: torch.Tensor | None = None  # [B, T]
     caption_sum: torch.Tensor | None = None  # [B] summed token CE of each clip's caption (+eos)
     caption_count: torch.Tensor | None = None  # [B] caption targets per clip
+    caption_tokens: torch.Tensor | None = None  # [B, L+1] each caption target's CE, NaN past eos (per-slot loss)
 
     @property
     def recon_loss(self) -> torch.Tensor:
@@ -57,6 +58,7 @@ def score_passes(model, passes: list[Pass], targets, batch: Batch, kinds) -> lis
         for s, p in zip(scores, passes):
             ce = F.cross_entropy(p.logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
             s.caption_sum, s.caption_count = ce.sum(1), batch.caption_mask.sum(1)
+            s.caption_tokens = ce.masked_fill(~batch.caption_mask, torch.nan)
     return scores
 
 

@@ -448,7 +448,7 @@ def evaluate_now(run: Run, row: dict, logger: MetricsLogger) -> None:
     target) and, for the dashboards, held-out clip 0 drawn as `foveal viz` draws it. The RNG states are put back
     after it: a run with evaluations trains exactly as one without."""
     state = rng_state()
-    ev = summarize(heldout(run), seed=run.cfg.train.seed)
+    ev = summarize(heldout(run), seed=run.cfg.train.seed, word=run.collate.word)
     row.update({f"heldout_{k}_ratio": ev[k].get("ratio", math.nan) for k in run.kinds})  # report.html's curve
     row.update(scalars(ev, "eval"))
     draw = bool(logger.tb or logger.wandb) and not run.model.dense_tokens  # the dense reader has no look to draw
@@ -477,7 +477,7 @@ def finish(run: Run, arrays: dict, skipped: dict[str, list[str]], startup: list[
     (arrays). skipped: the bad input files every rank found (reason -> names); startup: each rank's Run.startup."""
     cfg = run.cfg
     run.model.target.flush()  # lazily computed targets (VAE latents) into the cache
-    summary = summarize(arrays, seed=cfg.train.seed)
+    summary = summarize(arrays, seed=cfg.train.seed, word=run.collate.word)
     results = summarize_run(cfg, run.model, run.history, summary, run.kinds, run.nonfinite, run.elapsed())
     results["startup"] = {k: [rank[k] for rank in startup] for k in ("seconds", "peak_rss_mib")}  # per rank
     results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
