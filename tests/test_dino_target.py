@@ -32,8 +32,8 @@ class IdentityLinear(Head):
             self.linear.weight.copy_(torch.eye(channels)[:, :, None, None])
             self.linear.bias.zero_()
 
-    def predict(self, h, prev):
-        return self.linear(prev)
+    def predict(self, h, prev):  # [P, N, H], [N, C, S, S] -> [P, N, C, S, S]
+        return self.linear(prev).expand(h.shape[0], *prev.shape)
 
 
 def dino_setup(cache_dir, clips=2, **kw):

@@ -59,5 +59,6 @@ def test_fine_pass_equals_autoregressive_with_a_glimpse_location(tmp_path):
         out = model(batch)
         ar, _ = model.forward_autoregressive(batch, queries=out.fine[0].queries)
         plain = model.project(model.encoder.attend(out.fine[0].queries.flatten(0, 1), model.encode(batch.frames))[0])
-    torch.testing.assert_close(ar.hidden, out.fine[0].hidden, atol=1e-5, rtol=1e-4)
+    # frame by frame with a KV cache against one batched pass: fp32 rounding, up to ~1e-5 on states of size ~1
+    torch.testing.assert_close(ar.hidden, out.fine[0].hidden, atol=3e-5, rtol=1e-4)
     assert (out.fine[0].tokens.flatten(0, 1) - plain).abs().max() > 1e-2  # the location is really added

@@ -41,3 +41,17 @@ def test_head_uses_h(name):
 def test_registry_rejects_unknown_head():
     with pytest.raises(ConfigError, match="model.head: .* is not allowed"):
         build_head("nope", 8, 4, 8)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_passes_sharing_a_previous_frame_equal_one_call_per_pass(name):
+    """h [P, B, T, H] against one prev [B, T, ...]: the work on the previous frame done once must give each pass
+    what a call of its own gives (and the passes must differ, or the check would be empty)."""
+    torch.manual_seed(0)
+    head = build_head(name, 32, 4, 8)
+    h, prev = torch.randn(2, 2, 3, 32), torch.randn(2, 3, 4, 8, 8)
+    shared = head(h, prev)
+    assert shared.shape == (2, 2, 3, 4, 8, 8)
+    for p in range(2):
+        torch.testing.assert_close(shared[p], head(h[p], prev), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(shared[0], shared[1])

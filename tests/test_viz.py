@@ -10,7 +10,8 @@ from foveal.analysis.viz import load_clip
 from foveal.cli import main
 from foveal.config import load_config, replace
 from foveal.data.frames import encoder_input
-from foveal.evaluation.pictures import Clip, analyse, draw_attention, headline, patch_maps, summary
+from foveal.evaluation.pictures import Clip, analyse, draw_attention, headline, patch_maps, row_frames, summary
+from foveal.evaluation.plotting import figure_pixels, subplots
 from foveal.model.backbones import build_vae
 from foveal.model.build import build_model
 from foveal.train.checkpoint import atomic_save, model_state
@@ -195,3 +196,27 @@ def test_video_frames_are_sampled_evenly_and_resized(tiny, tmp_path):
     # the bright bar moves right 4 px a frame: frames 0, 4, 8, 12 of 13 are picked
     columns = clip.frames[:, 0].float().mean(1).argmax(-1)
     assert (columns.diff() > 0).all()
+
+
+def test_the_gif_rows_are_the_grid_rows_under_its_headline():
+    """On a grid whose rows are solid known colours (with a colourbar beside row 0, as draw_row adds), each GIF frame
+    is the title band, then that row and no other: its dominant colour is the row's, the others' are absent."""
+    colours = [(255, 0, 0), (0, 160, 0), (0, 0, 255)]
+    fig, axes = subplots(3, 2, figsize=(4, 6), squeeze=False, layout="constrained")
+    for row, colour in zip(axes, colours):
+        for ax in row:
+            ax.imshow(np.full((4, 4, 3), colour, np.uint8))
+            ax.set_title("t")
+    fig.colorbar(axes[0, 0].images[0], ax=list(axes[0]))
+    fig.suptitle("headline")
+    pixels = figure_pixels(fig)
+    frames = row_frames(fig, pixels)
+    assert len(frames) == 3 and len({f.shape for f in frames}) == 1
+    headline_box = fig.suptitle("headline").get_window_extent(fig.canvas.get_renderer())
+    below = int(pixels.shape[0] - headline_box.y0)  # image rows from the top to the headline's bottom
+    assert (pixels[:below] < 128).any()  # the headline's ink
+    for t, frame in enumerate(frames):
+        assert np.array_equal(frame[:below], pixels[:below])  # every frame under the same headline
+        flat = frame.reshape(-1, 3)
+        share = {i: np.all(flat == c, axis=1).mean() for i, c in enumerate(colours)}
+        assert share[t] > 0.2 and all(share[i] == 0 for i in share if i != t), (t, share)

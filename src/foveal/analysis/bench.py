@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from foveal.config import ConfigError, RunConfig
-from foveal.evaluation.flops import CPU_SDPA_FLOPS
+from foveal.evaluation.flops import CPU_FLOPS
 from foveal.model import encoder as encoder_module
+from foveal.model import fused
 from foveal.model.build import build_model
 from foveal.model.encoder import PatchCache
 from foveal.model.foveated import Batch, FoveatedVLM
@@ -56,17 +57,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.no_grad()
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, reps: int = 5) -> float:
-    """Best FLOP/s of size^3 matmuls in dtype: the peak this machine's matmul kernels reach right now."""
+    """Best FLOP/s of size^3 matmuls in dtype: the peak this machine's matmul kernels reach right now. On CPU the
+    best of torch's BLAS and oneDNN's matmul (the fused encoder's kernel): on AMD EPYC, MKL's fp32 GEMM runs at
+    about half of what oneDNN reaches (194 vs 430 GFLOP/s on 2 cores, 2026-12-02), so a BLAS-only peak would
+    put fp32 steps above 100 %."""
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
-    a @ b  # kernel selection, first-touch of the output
+    kernels = [lambda: a @ b]
+    if device.type == "cpu" and fused.fusable(a):
+        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))  # a @ b^T
     best = math.inf
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+    for kernel in kernels:
+        kernel()  # kernel selection, first-touch of the output
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            kernel()
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
 
 
@@ -109,7 +118,7 @@ def peak_memory_mib(device: torch.device) -> float:
 
 def count_flops(step: Step) -> int:
     """FLOPs of one forward + backward of the step (no optimiser update)."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_FLOPS) as counter:
         step.loss().backward()
     step.opt.zero_grad(set_to_none=True)
     return counter.get_total_flops()
@@ -282,6 +291,12 @@ NAIVE = [
         "written-out softmax in the encoder's self-attention on CPU",
         lambda s: patched(encoder_module, "self_attention", F.scaled_dot_product_attention),
         applies=lambda s: s.device.type == "cpu" and s.cache is None,
+    ),
+    Variant(
+        "unfused encoder linears",
+        "the frozen encoder's q/k/v as one product, bias and GELU inside oneDNN's matmul",
+        lambda s: patched(fused, "fusable", lambda x: False),
+        applies=lambda s: s.device.type == "cpu" and s.cache is None and s.cfg.model.dino.freeze,
     ),
     Variant(
         "materialised attention",

@@ -23,11 +23,12 @@ from foveal.evaluation.pictures import (
     Clip,
     ClipView,
     analyse,
-    animation_frames,
     grid_figure,
     layers_figure,
+    row_frames,
     summary,
 )
+from foveal.evaluation.plotting import figure_pixels
 from foveal.model.backbones import build_vae
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ def write_viz(
     name = view.clip.name
     paths = {"png": out / f"{name}.png", "gif": out / f"{name}.gif", "json": out / f"{name}.json"}
     fig = grid_figure(view, layer, head)
-    fig.savefig(paths["png"], dpi=90)
-    save_gif(animation_frames(view, layer, head), paths["gif"])
+    fig.set_dpi(90)
+    pixels = figure_pixels(fig)  # one rendering for the PNG and the GIF's rows
+    Image.fromarray(pixels).save(paths["png"])
+    save_gif(row_frames(fig, pixels), paths["gif"])
     if layers:
         paths["layers"] = out / f"{name}_layers.png"
         fig = layers_figure(view, head)

@@ -12,8 +12,10 @@ from foveal.objectives import Objective
 
 aten = torch.ops.aten
 
-# FlopCounterMode has formulas for the CUDA SDPA kernels only; the CPU flash kernel does the same matmuls.
-CPU_SDPA_FLOPS = {
+# FlopCounterMode has formulas for the CUDA SDPA kernels only; the CPU flash kernel does the same matmuls. The frozen
+# encoder's fused linears (model/fused.py) are oneDNN ops it does not know: x [M, K] @ w [N, K]^T is 2 M K N.
+CPU_FLOPS = {
+    torch.ops.mkldnn._linear_pointwise: lambda x, w, *a, out_shape=None, **kw: 2 * x[0] * x[1] * w[0],  # shapes
     aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(
         q, k, v
     ),
@@ -26,7 +28,7 @@ CPU_SDPA_FLOPS = {
 def counted(fn) -> tuple[object, int]:
     """fn()'s result and the FLOPs it took. With autograd on: under no_grad, FlopCounterMode's module tracker
     fails on a parameter passed straight into a module ("Expected gradient function to be set")."""
-    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+    with torch.enable_grad(), FlopCounterMode(display=False, custom_mapping=CPU_FLOPS) as counter:
         result = fn()
     return result, counter.get_total_flops()
 

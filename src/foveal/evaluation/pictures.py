@@ -13,6 +13,7 @@ each evaluation (train/logger.py).
 from __future__ import annotations
 
 import logging
+import math
 import textwrap
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ from matplotlib.patches import Rectangle
 from foveal.config import RunConfig
 from foveal.data.frames import encoder_input
 from foveal.data.synthetic import patch_masks
-from foveal.evaluation.plotting import figure_pixels, subplots
+from foveal.evaluation.plotting import subplots
 from foveal.model.encoder import look_mask
 from foveal.model.foveated import Batch
 from foveal.model.targets.vae import encode_latents
@@ -335,14 +336,22 @@ def layers_figure(view: ClipView, head: int | None = None, cell: float = 1.3):
     return fig
 
 
-def animation_frames(view: ClipView, layer: int | None = -1, head: int | None = None, cell: float = 2.2):
-    """One picture per frame: that frame's row of the grid, with the clip's headline."""
-    maps, cls = _maps(view, layer, head)
-    ncol = columns(view)
-    images = []
-    for t in range(len(view.clip.frames)):
-        fig, axes = subplots(1, ncol, figsize=(cell * ncol, cell + 1.0), squeeze=False, layout="constrained")
-        draw_row(axes[0], view, t, maps, cls, f"frame {t}")
-        fig.suptitle(wrap(headline(view, layer, head), cell * ncol, 8), fontsize=8, x=0.01, ha="left")
-        images.append(figure_pixels(fig))
-    return images
+def row_frames(fig, pixels: np.ndarray) -> list[np.ndarray]:
+    """The rendered grid (pixels [H, W, 3] = figure_pixels(fig)) cut into one picture per row, each under the
+    figure's headline: the GIF's frames, from the one rendering the PNG is (a figure per frame took ~1.5 s a clip)."""
+    renderer, height = fig.canvas.get_renderer(), pixels.shape[0]
+    spans: dict[int, tuple[float, float]] = {}  # grid row -> its axes' extent, display pixels from the bottom
+    for ax in fig.axes:
+        spec, box = ax.get_subplotspec(), ax.get_tightbbox(renderer)
+        if spec is None or box is None:  # a colourbar sits inside its row
+            continue
+        lo, hi = spans.get(spec.rowspan.start, (math.inf, -math.inf))
+        spans[spec.rowspan.start] = (min(lo, box.y0), max(hi, box.y1))
+    bands = [(max(0, int(height - hi)), min(height, math.ceil(height - lo))) for _, (lo, hi) in sorted(spans.items())]
+    title, tallest = pixels[: bands[0][0]], max(b - a for a, b in bands)
+    frames = []
+    for a, b in bands:
+        row = np.full((tallest + 4, *pixels.shape[1:]), 255, np.uint8)  # rows differ by a few pixels: one size
+        row[: b - a] = pixels[a:b]
+        frames.append(np.concatenate([title, row]))
+    return frames

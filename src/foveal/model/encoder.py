@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from foveal.model import fused
+
 
 @dataclass
 class PatchCache:
@@ -85,13 +87,25 @@ class FoveatedEncoder(nn.Module):
         for layer in self.dino.encoder.layer:
             attn = layer.attention
             x = layer.norm1(h)
-            q, k, v = self._split(attn.q_proj(x)), self._split(attn.k_proj(x)), self._split(attn.v_proj(x))
+            q, k, v = (self._split(part) for part in self._qkv(attn, x))
             a = self_attention(q, k, v)  # [N, heads, P, hd]
-            h = h + layer.layer_scale1(attn.o_proj(self._merge(a)))
-            h = h + layer.layer_scale2(layer.mlp(layer.norm2(h)))
+            h = h + layer.layer_scale1(fused.linear(self._merge(a), attn.o_proj))
+            h = h + layer.layer_scale2(self._mlp(layer.mlp, layer.norm2(h)))
             keys.append(k)
             values.append(v)
         return PatchCache(torch.stack(keys), torch.stack(values), self.dino.layernorm(h))
+
+    def _qkv(self, attn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[N, P, D] -> q, k, v [N, P, D]; without gradient on CPU as one fused product (model/fused.py)."""
+        if fused.fusable(x):
+            return fused.linear(x, attn.q_proj, attn.k_proj, attn.v_proj).chunk(3, dim=-1)
+        return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+
+    def _mlp(self, mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The layer's MLP; without gradient on CPU its bias and GELU run inside the matmuls (model/fused.py)."""
+        if self.dino.config.hidden_act != "gelu" or not hasattr(mlp, "fc1") or not fused.fusable(x):  # SwiGLU: its own
+            return mlp(x)
+        return fused.linear(fused.linear(x, mlp.fc1, gelu=True), mlp.fc2)
 
     def attend(
         self,

@@ -199,7 +199,8 @@ class FoveatedVLM(nn.Module):
         return torch.cat([self.z_init.expand(targets.shape[0], 1, *self.target_shape), targets[:, :-1]], dim=1)
 
     def predict_next(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """h [B, T, H] (states at mode, z_0..z_{T-2}), targets [B, T, C, S, S] -> predictions [B, T, C, S, S].
+        """h [*P, B, T, H] (states at mode, z_0..z_{T-2}; P passes, or none), targets [B, T, C, S, S] -> predictions
+        [*P, B, T, C, S, S]. The passes share the previous frames (noised or dropped alike: a paired comparison).
         The held-out h-ablation calls it with h replaced and nothing else changed."""
         o, prev = self.options, self.previous(targets)  # [B, T, C, S, S]
         if o.prev_only:
@@ -215,10 +216,9 @@ class FoveatedVLM(nn.Module):
 
     def predict(self, passes: list[Pass], targets: torch.Tensor, num_frames: int) -> None:
         """Fill in each pass's predictions; all passes go through the head in one call."""
-        n = len(passes)
-        h = torch.cat([p.hidden[:, :num_frames] for p in passes])  # states at mode, z_0..z_{T-2}: [n*B, T, H]
-        pred = self.predict_next(h, targets.repeat(n, 1, 1, 1, 1))  # [n*B, T, C, S, S]
-        for p, p_pred in zip(passes, pred.chunk(n)):
+        h = torch.stack([p.hidden[:, :num_frames] for p in passes])  # states at mode, z_0..z_{T-2}: [n, B, T, H]
+        pred = self.predict_next(h, targets)  # [n, B, T, C, S, S]
+        for p, p_pred in zip(passes, pred.unbind(0)):
             p.pred = p_pred
 
     def caption_logits(self, passes: list[Pass], num_frames: int) -> None:

@@ -1,12 +1,16 @@
 """Prediction heads: from the LLM state h_t and the previous frame's target grid, predict the next frame's grid.
 
-Every head has one signature, forward(h [..., H], prev [..., C, S, S]) -> [..., C, S, S], and is registered by name;
-the model never knows which one it holds. Parameter counts at H=576, C=4, S=32 match the reference study
-(film 1,300,612; mlp 22,167,552; cross_attention 1,325,572). spatial_film and spatial_transformer were only
-proposed there; their sizes here are our choice.
+Every head has one signature, forward(h [*P, ..., H], prev [..., C, S, S]) -> [*P, ..., C, S, S], and is registered
+by name; the model never knows which one it holds. The P leading dims of h (the coarse and fine passes) share one
+previous frame: what a head computes from the previous frame alone (its conv encoder, the cross-attention's keys and
+values, the MLP's first layer on it) is computed once for all of them, not once per pass. Parameter counts at H=576,
+C=4, S=32 match the reference study (film 1,300,612; mlp 22,167,552; cross_attention 1,325,572). spatial_film and
+spatial_transformer were only proposed there; their sizes here are our choice.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +44,19 @@ class Head(nn.Module):
         self.h_dim, self.channels, self.size = h_dim, channels, size
 
     def forward(self, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-        lead = h.shape[:-1]  # e.g. [B, T]
-        out = self.predict(h.reshape(-1, h.shape[-1]), prev.reshape(-1, *prev.shape[-3:]))
-        return out.view(*lead, *out.shape[1:])
+        lead = prev.shape[:-3]  # e.g. [B, T]
+        passes = h.shape[: h.dim() - 1 - len(lead)]  # e.g. [2] (coarse, fine), or none
+        out = self.predict(h.reshape(math.prod(passes), -1, h.shape[-1]), prev.reshape(-1, *prev.shape[-3:]))
+        return out.view(*passes, *lead, *out.shape[2:])
 
-    def predict(self, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:  # [N, H], [N, C, S, S] -> [N, C, S, S]
+    def predict(self, h: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+        """h [P, N, H] (P passes), prev [N, C, S, S] -> [P, N, C, S, S]."""
         raise NotImplementedError
 
 
 def split_linear(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """layer(concat(a, b)) without building the concat: when a is one vector per sample and b one per position,
-    each half is computed once and broadcast ([N, 1, *] + [1, S*S, *])."""
+    """layer(concat(a, b)) without building the concat: each half is computed on its own rows and the two broadcast
+    against each other (h per pass and sample against one vector per position: [P, N, 1, *] + [1, S*S, *])."""
     wa, wb = layer.weight.split([a.shape[-1], b.shape[-1]], dim=1)
     return F.linear(a, wa) + F.linear(b, wb, layer.bias)
 
@@ -66,8 +72,9 @@ class FiLMHead(Head):
         self.decoder = conv_stack([width, 128, 64, channels])
 
     def predict(self, h, prev):
-        gamma, beta = self.h_to_film(h)[:, :, None, None].chunk(2, dim=1)  # [N, W, 1, 1] each
-        return self.decoder(gamma * self.encoder(prev) + beta)
+        feat = self.encoder(prev)  # [N, W, S, S], once for every pass
+        gamma, beta = self.h_to_film(h)[..., None, None].chunk(2, dim=2)  # [P, N, W, 1, 1] each
+        return self.decoder((gamma * feat + beta).flatten(0, 1)).unflatten(0, h.shape[:2])
 
 
 @register("mlp")
@@ -88,7 +95,8 @@ class MLPHead(Head):
         )
 
     def predict(self, h, prev):
-        return self.net(torch.cat([h, prev.flatten(1)], dim=1)).view_as(prev)
+        x = split_linear(self.net[0], h, prev.flatten(1))  # = net[0](concat(h, prev)): [P, N, width]
+        return self.net[1:](x).view(*h.shape[:2], *prev.shape[1:])
 
 
 @register("cross_attention")
@@ -109,13 +117,15 @@ class CrossAttentionHead(Head):
         self.decoder = conv_stack([width, 128, 64, channels])
 
     def predict(self, h, prev):
-        n, s = prev.shape[0], self.size
+        (p, n), s = h.shape[:2], self.size
         tokens = self.latent_encoder(prev).flatten(2).transpose(1, 2) + self.pos_embed  # [N, S*S, W]
-        q = self.query_out(F.gelu(split_linear(self.query_in, self.h_ctx(h)[:, None], self.pos_embed)))  # [N,S*S,W]
-        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  [N, heads, S*S, hd]
+        ctx = self.h_ctx(h)[:, :, None]  # [P, N, 1, W]
+        q = self.query_out(F.gelu(split_linear(self.query_in, ctx, self.pos_embed)))  # [P, N, S*S, W]
+        q = q.transpose(0, 1).flatten(1, 2)  # [N, P*S*S, W]: the passes' queries over the same keys and values
+        split = lambda x: x.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731  [N, heads, L, hd]
         a = F.scaled_dot_product_attention(split(q), split(self.key(tokens)), split(self.value(tokens)))
-        out = self.out_proj(a.transpose(1, 2).flatten(2))  # [N, S*S, W]
-        return self.decoder(out.transpose(1, 2).reshape(n, -1, s, s))
+        out = self.out_proj(a.transpose(1, 2).flatten(2)).unflatten(1, (p, s * s)).transpose(0, 1)  # [P, N, S*S, W]
+        return self.decoder(out.flatten(0, 1).transpose(1, 2).reshape(p * n, -1, s, s)).unflatten(0, (p, n))
 
 
 @register("spatial_film")
@@ -131,10 +141,10 @@ class SpatialFiLMHead(Head):
         self.decoder = conv_stack([width, 128, 64, channels])
 
     def predict(self, h, prev):
-        n, s = prev.shape[0], self.size
-        film = self.film_out(F.gelu(split_linear(self.film_in, h[:, None], self.pos_embed)))  # [N, S*S, 2W]
-        gamma, beta = film.transpose(1, 2).reshape(n, -1, s, s).chunk(2, dim=1)  # [N, W, S, S] each
-        return self.decoder(gamma * self.encoder(prev) + beta)
+        s = self.size
+        film = self.film_out(F.gelu(split_linear(self.film_in, h[:, :, None], self.pos_embed)))  # [P, N, S*S, 2W]
+        gamma, beta = film.transpose(-1, -2).unflatten(-1, (s, s)).chunk(2, dim=2)  # [P, N, W, S, S] each
+        return self.decoder((gamma * self.encoder(prev) + beta).flatten(0, 1)).unflatten(0, h.shape[:2])
 
 
 @register("spatial_transformer")
@@ -163,10 +173,11 @@ class SpatialTransformerHead(Head):
         self.decoder = conv_stack([64, 64, channels])
 
     def predict(self, h, prev):
-        n, grid = prev.shape[0], self.size // self.patch
-        x = self.embed(prev).flatten(2).transpose(1, 2) + self.pos_embed  # [N, G*G, W]
-        ctx = self.h_to_context(h).view(n, self.context, -1)  # [N, context, W]
+        (p, n), grid = h.shape[:2], self.size // self.patch
+        x = self.embed(prev).flatten(2).transpose(1, 2) + self.pos_embed  # [N, G*G, W], once for every pass
+        x = x.expand(p, -1, -1, -1).flatten(0, 1)  # [P*N, G*G, W]
+        ctx = self.h_to_context(h).view(p * n, self.context, -1)  # [P*N, context, W]
         for block in self.blocks:
             x = block(x, ctx)
-        x = self.norm(x).transpose(1, 2).reshape(n, -1, grid, grid)  # [N, W, G, G]
-        return self.decoder(F.gelu(self.unembed(x)))
+        x = self.norm(x).transpose(1, 2).reshape(p * n, -1, grid, grid)  # [P*N, W, G, G]
+        return self.decoder(F.gelu(self.unembed(x))).unflatten(0, (p, n))
