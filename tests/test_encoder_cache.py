@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from foveal.config import ConfigError, load_config, replace
+from foveal.config import ConfigError, encoder_cache_on, load_config, replace
 from foveal.model.build import build_model
 from foveal.train import encoder_cache
 from foveal.train.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes, shared_cache
@@ -66,6 +66,23 @@ def test_size_estimate_is_exact(model_cfg, precision):
 def test_cache_needs_a_frozen_encoder():
     with pytest.raises(ConfigError, match="model.dino.freeze"):
         load_config("tiny", overrides=["train.encoder_cache=true", "model.dino.freeze=false"])
+    with pytest.raises(ConfigError, match="true, false or auto"):
+        load_config("tiny", overrides=["train.encoder_cache=sometimes"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on"),
+    [
+        ([], True),  # the look preset's auto, frozen encoder
+        (["model.dino.freeze=false"], False),
+        (["train.parallel=fsdp2"], False),
+        (["train.encoder_cache=false"], False),
+    ],
+)
+def test_auto_keeps_the_cache_wherever_it_can_run(overrides, on):
+    cfg = load_config("look", overrides=overrides)
+    assert cfg.train.encoder_cache == ("auto" if "train.encoder_cache=false" not in overrides else False)
+    assert encoder_cache_on(cfg) is on
 
 
 def test_training_with_the_cache_follows_training_without(tiny_cfg, tmp_path, logs):

@@ -225,7 +225,8 @@ class TrainConfig:
     wandb_name: str = ""  # "" = the run folder's name (compare: <head>[-<control>][/seed-<s>])
     wandb_group: str = ""  # "" = none (compare: its output folder's name, so its models show as one group)
     wandb_tags: list[str] = field(default_factory=list)
-    encoder_cache: bool = False  # frozen encoder: keep patch K/V per clip in memory (bounded)
+    encoder_cache: bool | str = False  # keep the frozen encoder's patch K/V per clip in memory (bounded); "auto":
+    #                                    wherever it can run (a frozen encoder, not fsdp2), else off
     encoder_cache_mib: int = 4096
     deterministic: bool = True
     report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
@@ -719,17 +720,27 @@ def _check_train(cfg: RunConfig) -> None:
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-    if t.encoder_cache and not cfg.model.dino.freeze:
+    if isinstance(t.encoder_cache, str) and t.encoder_cache != "auto":
+        raise ConfigError(f"train.encoder_cache: expected true, false or auto, got {t.encoder_cache!r}")
+    if t.encoder_cache is True and not cfg.model.dino.freeze:
         raise ConfigError(
-            "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step)"
+            "train.encoder_cache: needs model.dino.freeze=true (a trained encoder's K/V change every step); "
+            "set train.encoder_cache=auto or false"
         )
-    if t.parallel == "fsdp2" and (t.encoder_cache or t.precision == "fp16"):
+    if t.parallel == "fsdp2" and (t.encoder_cache is True or t.precision == "fp16"):
         raise ConfigError(
             "train.parallel: fsdp2 runs neither train.encoder_cache (it calls the sharded encoder outside the model's "
-            "forward) nor fp16 (its GradScaler does not know sharded gradients); use ddp, or bf16 / no cache"
+            "forward) nor fp16 (its GradScaler does not know sharded gradients); use ddp, or bf16 / "
+            "train.encoder_cache=auto or false"
         )
     if t.minutes is not None and t.minutes <= 0:
         raise ConfigError(f"train.minutes: must be > 0 or null, got {t.minutes}")
+
+
+def encoder_cache_on(cfg: RunConfig) -> bool:
+    """Whether a run keeps the encoder cache: train.encoder_cache true, or auto with a frozen encoder outside fsdp2."""
+    t = cfg.train
+    return t.encoder_cache is True or (t.encoder_cache == "auto" and cfg.model.dino.freeze and t.parallel != "fsdp2")
 
 
 def validate(cfg: RunConfig) -> None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.config import ConfigError, RunConfig
+from foveal.config import ConfigError, RunConfig, encoder_cache_on
 from foveal.evaluation.flops import CPU_FLOPS
 from foveal.model import encoder as encoder_module
 from foveal.model import fused
@@ -157,7 +157,7 @@ class Step:
         self.opt, _ = make_optimizer(self.model, t, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.cache = self.keys = None
-        if t.encoder_cache:  # steady state: every clip of the batch already held; the lookup itself is timed
+        if encoder_cache_on(cfg):  # steady state: every clip of the batch already held; the lookup itself is timed
             self.cache = EncoderCache(t.encoder_cache_mib)
             self.keys = [f"bench:{i}" for i in range(t.batch_size)]
             with torch.no_grad(), autocast_for(self.precision, device):
@@ -420,7 +420,7 @@ def bench(
         "head": cfg.model.head,
         "precision": cfg.train.precision,
         "frozen_encoder": cfg.model.dino.freeze,
-        "encoder_cache": cfg.train.encoder_cache,
+        "encoder_cache": encoder_cache_on(cfg),
         "batch": b,
         "frames": t,
         "frame_size": cfg.model.frame_size,

@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from foveal.config import RunConfig
+from foveal.config import RunConfig, encoder_cache_on
 from foveal.data.dataset import Collator, build_datasets, check_enough_clips, micro_batch, target_looks
 from foveal.data.loader import micro_batches
 from foveal.data.video import merge_skips
@@ -144,7 +144,7 @@ def set_up(cfg: RunConfig) -> Run:
             f"note: {t.steps} steps cover the {len(train_set)} training clips {epochs:.1f} times; trust the held-out"
             " numbers, or raise data.train_clips"
         )
-    enc_cache = shared_cache(model.encoder.dino, t.precision, t.encoder_cache_mib) if t.encoder_cache else None
+    enc_cache = shared_cache(model.encoder.dino, t.precision, t.encoder_cache_mib) if encoder_cache_on(cfg) else None
     if enc_cache is not None and dist.main:
         log.info(cache_plan(model, cfg, len(train_set)))
     if shard:  # before the optimiser: fully_shard replaces the parameters with their shards
