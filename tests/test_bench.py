@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.analysis.bench import CPU_FLOPS, NAIVE, Step, Variant, patched, processor, softmax_attention, undo_all
+from foveal.analysis.bench import CPU_FLOPS, NAIVE, Step, Variant, patched, softmax_attention, undo_all
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.model import fused as fused_module
+from foveal.train.hardware import processor, slow_bf16
 
 SAME_MATHS = [
     "per-frame attend", "SDPA query attend", "SDPA encoder", "unfused encoder linears", "materialised attention",
@@ -91,6 +92,22 @@ def test_the_processor_line_names_the_bf16_hardware(tmp_path, flags, hardware):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
     assert processor(torch.device("cpu"), str(info)) == {"name": "AMD EPYC 9B14", "bf16_hardware": hardware}
+
+
+@pytest.mark.parametrize(
+    "flags, precision, warned",
+    [("avx2 fma", "bf16", True), ("avx512f avx512_bf16", "bf16", False), ("amx_bf16", "bf16", False),
+     ("avx2 fma", "fp32", False)],
+)  # fmt: skip
+def test_bf16_on_a_cpu_without_bf16_hardware_is_warned_of_and_the_warning_names_the_fix(
+    tmp_path, flags, precision, warned
+):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: {flags}\n")
+    warning = slow_bf16(precision, torch.device("cpu"), str(info))
+    assert (warning is not None) == warned
+    if warned:
+        assert "AMD EPYC 7B13" in warning and "train.precision=fp32" in warning
 
 
 def test_flops_include_the_cpu_attention_kernels(step):

@@ -68,3 +68,24 @@ def test_default_spec_is_unchanged_by_the_knobs():
     small = render_clip(SynthSpec(target_size_range=[0.05, 0.06]), 64, 4, seed=0, index=3)
     side = small.boxes[0, 0, 2] - small.boxes[0, 0, 0]
     assert 0.05 * 64 <= side <= 0.06 * 64
+
+
+def test_a_process_renders_each_synthetic_clip_once_and_drops_the_oldest_past_its_budget(monkeypatch):
+    import foveal.data.dataset as ds
+
+    calls = []
+    monkeypatch.setattr(ds, "RENDERED", ds.Rendered(mib=1))
+    monkeypatch.setattr(ds, "render_clip", lambda *a: calls.append(a[-2]) or render_clip(*a))
+    cfg = load_config("tiny")
+    first, again = (SyntheticClips(cfg.data, cfg.model.frame_size, 12) for _ in range(2))
+    item = first[3]
+    item["frames"].zero_()  # an item is the caller's own: writing into it leaves the shared rendering intact
+    assert again[3]["frames"].any() and again.target_patches(3, 8).any() and calls == [3]
+    fresh = render_clip(cfg.data.synthetic, first.size, cfg.data.num_frames, cfg.data.seed, 3, cfg.data.frame_gap)
+    assert np.array_equal(again.clip(3).frames, fresh.frames) and again.clip(3).caption == fresh.caption
+    size = fresh.frames.nbytes + fresh.masks.nbytes  # ~0.25 MiB at 8 frames, 64 px: four fit in 1 MiB
+    for i in range(12):
+        first.clip(i)
+    assert ds.RENDERED.bytes <= 2**20 and len(ds.RENDERED.clips) == 2**20 // size
+    first.clip(0)  # dropped long ago: rendered again
+    assert calls.count(0) == 2 and calls.count(11) == 1

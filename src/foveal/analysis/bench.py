@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -43,6 +42,7 @@ from foveal.model.foveated import Batch, FoveatedVLM
 from foveal.objectives import build_objective, score
 from foveal.train import allocator
 from foveal.train.encoder_cache import EncoderCache
+from foveal.train.hardware import processor, slow_bf16
 from foveal.train.optim import autocast_for, make_optimizer
 
 MIB = 2**20
@@ -77,24 +77,6 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, reps
             sync(device)
             best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best
-
-
-def processor(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """What ran the step: the CPU's model name and its bf16 matmul hardware (AMX tiles, AVX-512 BF16 or none), or
-    the GPU's name. A bf16 figure means little without it (AMX is ~2x AVX-512 BF16)."""
-    if device.type == "cuda":
-        return {"name": torch.cuda.get_device_name(device), "bf16_hardware": "cuda"}
-    name, flags = platform.processor() or "unknown CPU", set()
-    with contextlib.suppress(OSError), open(cpuinfo) as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    hardware = "AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags else "none"
-    return {"name": name, "bf16_hardware": hardware}
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -401,6 +383,8 @@ def bench(
     if steps < 1 or warmup < 1:
         raise ConfigError(f"bench: --steps and --warmup must be >= 1, got {steps} and {warmup}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if warning := slow_bf16(cfg.train.precision, device):
+        log(warning)
     load_before = os.getloadavg()[0]
     step = Step(cfg, device)
     variants = variants_for(step, compare_naive)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections import OrderedDict
 from dataclasses import asdict
 
 import torch
@@ -21,6 +22,31 @@ from foveal.data.synthetic import SynthClip, patch_masks, render_clip, target_at
 from foveal.data.video import file_datasets, source_path
 
 HELDOUT_OFFSET = 1_000_000  # synthetic held-out clips come from indices no training clip uses
+RENDERED_MIB = 512  # the rendered clips a process keeps (about 0.12 MiB a 6-frame 64 px clip)
+
+
+class Rendered:
+    """Rendered synthetic clips by key, least recently used dropped first beyond `mib`: compare's models share one
+    data config, and an evaluation reads each held-out clip three times (pixels, target patches, target attributes),
+    so each clip is rendered once per process. Callers must not write into a clip they get."""
+
+    def __init__(self, mib: int):
+        self.limit, self.bytes, self.clips = mib * 2**20, 0, OrderedDict()
+
+    def get(self, key: str, render) -> SynthClip:
+        clip = self.clips.get(key)
+        if clip is not None:
+            self.clips.move_to_end(key)
+            return clip
+        clip = self.clips[key] = render()
+        self.bytes += clip.frames.nbytes + clip.masks.nbytes
+        while self.bytes > self.limit and len(self.clips) > 1:
+            _, old = self.clips.popitem(last=False)
+            self.bytes -= old.frames.nbytes + old.masks.nbytes
+        return clip
+
+
+RENDERED = Rendered(RENDERED_MIB)
 
 
 class SyntheticClips(Dataset):
@@ -49,7 +75,10 @@ class SyntheticClips(Dataset):
 
     def clip(self, i: int) -> SynthClip:
         d = self.data
-        return render_clip(d.synthetic, self.size, d.num_frames, d.seed, self.offset + i, d.frame_gap)
+        render = functools.partial(
+            render_clip, d.synthetic, self.size, d.num_frames, d.seed, self.offset + i, d.frame_gap
+        )
+        return RENDERED.get(f"{self._key}|{self.offset + i}", render)
 
     def target_patches(self, i: int, patch: int) -> torch.Tensor:
         """Ground truth for where-to-look metrics: [T, G*G] bool, the patches (row-major, as the encoder orders them)
@@ -70,7 +99,7 @@ class SyntheticClips(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         clip = self.clip(i)
-        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8
+        frames = torch.tensor(clip.frames).permute(0, 3, 1, 2)  # [T, 3, H, W] uint8, a copy: the rendering is shared
         if self.size != self.frame_size:
             frames = resize_frames(frames, self.frame_size, "squash")
         return {"frames": frames, "caption": clip.caption, "key": f"{self._key}|{self.offset + i}", "index": i}

@@ -253,7 +253,8 @@ def draw_row(axes, view: ClipView, t: int, maps: dict, cls: dict, label: str) ->
         peak = float(maps[k][t].max()) * maps[k][t].numel()
         title = f"frame {t}: {k}\nCLS {100 * float(cls[k][t]):.0f}%, peak {peak:.1f}x uniform"
         shown = draw_attention(ax, frame, maps[k][t], view.patch, vmax, box, title)
-    bar = axes[0].figure.colorbar(shown, ax=list(axes[: len(PASSES)]), shrink=0.8, pad=0.01, aspect=15)
+    cax = axes[len(PASSES) - 1].inset_axes([1.05, 0.1, 0.07, 0.8])  # in the gap grid_figure leaves for it
+    bar = axes[0].figure.colorbar(shown, cax=cax)
     bar.set_label("attention share", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     axes[0].set_ylabel(label, fontsize=8)
@@ -299,15 +300,40 @@ def _maps(view: ClipView, layer, head):
     return {k: v[0] for k, v in pairs.items()}, {k: v[1] for k, v in pairs.items()}
 
 
+GRID_GAPS = {"side": 0.4, "across": 0.25, "bar": 0.3, "left": 0.35, "bottom": 0.1}  # inches; side: titles above a cell
+
+
+def grid_axes(t_count: int, ncol: int, cell: float, title_lines: int):
+    """(figure, axes [t_count, ncol]) of square cells `cell` inches apart, laid out by hand: constrained layout took
+    most of the ~2.5 s a gallery picture cost. After the attention columns a gap holds their colour bar."""
+    g = GRID_GAPS
+    side, top = cell - g["side"], 0.1 + 0.1625 * title_lines + g["side"]  # a 9 pt title line is ~0.16 in
+    width = g["left"] + ncol * (side + g["across"]) + g["bar"]
+    height = top + t_count * cell - g["side"] + g["bottom"]
+    ratios = [1.0] * len(PASSES) + [g["bar"] / side] + [1.0] * (ncol - len(PASSES))
+    spec = {
+        "width_ratios": ratios,
+        "left": g["left"] / width,
+        "right": 1 - 0.1 / width,
+        "top": 1 - top / height,
+        "bottom": g["bottom"] / height,
+        "wspace": g["across"] / ((ncol * side + g["bar"]) / (ncol + 1)),  # matplotlib's gaps: shares of a mean cell
+        "hspace": g["side"] / side,
+    }
+    fig, axes = subplots(t_count, ncol + 1, figsize=(width, height), squeeze=False, gridspec_kw=spec)
+    for ax in axes[:, len(PASSES)]:
+        ax.remove()  # the colour bar's gap
+    return fig, np.delete(axes, len(PASSES), axis=1)
+
+
 def grid_figure(view: ClipView, layer: int | None = -1, head: int | None = None, cell: float = 1.9):
     t_count, ncol = len(view.clip.frames), columns(view)
-    fig, axes = subplots(
-        t_count, ncol, figsize=(cell * ncol, cell * t_count + 0.9), squeeze=False, layout="constrained"
-    )
+    title = wrap(headline(view, layer, head), cell * ncol, 9)
+    fig, axes = grid_axes(t_count, ncol, cell, title.count("\n") + 1)
     maps, cls = _maps(view, layer, head)
     for t in range(t_count):
         draw_row(axes[t], view, t, maps, cls, f"frame {t}")
-    fig.suptitle(wrap(headline(view, layer, head), cell * ncol, 9), fontsize=9, x=0.01, ha="left")
+    fig.suptitle(title, fontsize=9, x=0.01, y=1 - 0.05 / fig.get_figheight(), ha="left", va="top")
     return fig
 
 

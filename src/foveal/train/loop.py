@@ -45,6 +45,7 @@ from foveal.train.checkpoint import (
     set_rng_state,
 )
 from foveal.train.encoder_cache import EncoderCache, cache_plan, shared_cache
+from foveal.train.hardware import slow_bf16
 from foveal.train.logger import MetricsLogger, check_wandb, scalars
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import step_ratio, summarize_run
@@ -133,6 +134,8 @@ def set_up(cfg: RunConfig) -> Run:
             f"note: model.frame_size {cfg.model.frame_size} is not a multiple of the encoder's patch size "
             f"{model.encoder.patch_size}: the last {unread} px rows and columns of every frame are never read"
         )
+    if dist.main and (warning := slow_bf16(t.precision, dist.device)):
+        log.warning(warning)
     objective = build_objective(t.objective)
     if dist.main:
         log.info(f"{cfg.model.head}: preparing the {cfg.model.target} target")
