@@ -27,6 +27,7 @@ def tiny_overrides(**kw) -> list[str]:
         "train.ckpt_every": 2,
         "train.tensorboard": False,
         "train.report_clips": 0,  # no viz gallery in report.html (test_report.py draws one)
+        "train.jobs": 1,  # compare's models in turn, in the test's process (test_parallel.py runs them at once)
     }
     base.update(kw)
     return [f"{k}={v}" for k, v in base.items()]

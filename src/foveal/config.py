@@ -231,6 +231,11 @@ class TrainConfig:
     deterministic: bool = True
     report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
     parallel: str = "ddp"  # under torchrun: ddp (replicated) | fsdp2 (sharded; step-N.dcp checkpoints)
+    threads: int = 0  # torch threads (0: torch's default, one per core); a model's numbers depend on it at rounding
+    #                   level, so compare's parallel models save theirs in their config.yaml
+    jobs: int | str = "auto"  # compare, bench-science, study: models trained at once, each in a process of its own
+    #                           on cores // jobs threads; "auto": one per core on a CPU as memory allows, 1 on a GPU
+    #                           or under torchrun (analysis/parallel.py)
     dense_control_tokens: int = 16  # compare's dense reader control model: its model.dense_tokens (the study's
     #                                 16-token-per-frame baseline)
 
@@ -720,6 +725,9 @@ def _check_train(cfg: RunConfig) -> None:
     for key in ("lr", "backbone_lr", "weight_decay", "coarse_weight", "recon_weight", "grad_clip"):
         if getattr(t, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    positive("train.threads", t.threads, 0)
+    if t.jobs != "auto" and (isinstance(t.jobs, bool) or not isinstance(t.jobs, int) or t.jobs < 1):
+        raise ConfigError(f"train.jobs: expected a number of models >= 1 or auto, got {t.jobs!r}")
     if isinstance(t.encoder_cache, str) and t.encoder_cache != "auto":
         raise ConfigError(f"train.encoder_cache: expected true, false or auto, got {t.encoder_cache!r}")
     if t.encoder_cache is True and not cfg.model.dino.freeze:

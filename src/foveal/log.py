@@ -9,6 +9,7 @@ import sys
 from tqdm import tqdm
 
 LOGGER = logging.getLogger("foveal")
+BARS = {"on": True}  # off in a compare worker process: several models at once log lines, not bars that overwrite
 
 
 class StderrHandler(logging.StreamHandler):
@@ -23,8 +24,9 @@ class StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup(quiet: bool = False) -> None:
+def setup(quiet: bool = False, bars: bool = True) -> None:
     """Messages to stderr, one line each (stdout is left to each command's result)."""
+    BARS["on"] = bars
     LOGGER.handlers.clear()
     handler = StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -35,5 +37,5 @@ def setup(quiet: bool = False) -> None:
 
 def progress(iterable=None, show: bool = True, **kwargs) -> tqdm:
     """A tqdm bar, shown only when asked (show: e.g. rank 0 only), info messages are on and stderr is a terminal."""
-    show = show and LOGGER.isEnabledFor(logging.INFO)
+    show = show and BARS["on"] and LOGGER.isEnabledFor(logging.INFO)
     return tqdm(iterable, disable=None if show else True, leave=False, dynamic_ncols=True, **kwargs)

@@ -23,12 +23,14 @@ from typing import NamedTuple
 
 import torch
 
+from foveal.analysis import parallel
 from foveal.analysis.aggregate import aggregate, run_metrics
 from foveal.analysis.report import write_report
 from foveal.analysis.tables import write_summary
-from foveal.config import ConfigError, RunConfig, leaves, nest, replace, validate, value_text
+from foveal.config import ConfigError, RunConfig, encoder_cache_on, leaves, nest, replace, validate, value_text
 from foveal.jsonio import load_numbers
 from foveal.train import distributed
+from foveal.train.hardware import DEFAULT_THREADS
 from foveal.train.loop import train
 
 log = logging.getLogger(__name__)
@@ -119,20 +121,43 @@ def finished(run: RunConfig) -> bool:
 
 
 def train_all(runs: list[RunConfig]) -> None:
-    """Train each run (every rank takes part in every run under torchrun) and, on rank 0, write its report."""
+    """Train each run, train.jobs at a time (analysis/parallel.py; every rank takes part in every run under
+    torchrun) and, on rank 0, write its report."""
+    todo = []
     for run in runs:
         if finished(run):
             log.info(f"{run.out_dir}: finished earlier, kept")
-            continue
-        t0 = time.time()
-        result = train(run)
-        if not result:  # a non-zero rank: rank 0 writes reports and tables
-            continue
-        write_report(run.out_dir)
-        what = "coarse-only" if not result["fine_iterations"] else f"held-out ratio {result['heldout_ratio']:.4f}"
-        what += " (oracle look)" if run.model.look == "oracle" else " (prev-only)" if run.model.prev_only else ""
-        what += f" (dense reader, {run.model.dense_tokens} tokens per frame)" if run.model.dense_tokens else ""
-        log.info(f"{run.model.head} seed {run.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
+        else:
+            todo.append(run)
+    if not todo:
+        return
+    jobs = jobs_of(todo)
+    if jobs > 1:
+        threads = parallel.threads_per_job(jobs)
+        log.info(f"compare: {len(todo)} models, {jobs} at a time on {threads} thread(s) each (train.jobs=1: in turn)")
+        todo = [r if r.train.threads else replace(r, train={"threads": threads}) for r in todo]
+        todo.sort(key=lambda r: -r.train.steps * (1 + r.train.fine_iterations))  # the long first: none runs alone
+    parallel.run_all(train_one, todo, jobs)
+
+
+def jobs_of(runs: list[RunConfig]) -> int:
+    t = runs[0].train
+    cache = t.encoder_cache_mib if encoder_cache_on(runs[0]) else 0
+    cpu = not torch.cuda.is_available()
+    free = parallel.available_mib()
+    return parallel.jobs_for(t.jobs, len(runs), DEFAULT_THREADS, cpu, distributed.world_size(), free, cache)
+
+
+def train_one(run: RunConfig) -> None:
+    t0 = time.time()
+    result = train(run)
+    if not result:  # a non-zero rank: rank 0 writes reports and tables
+        return
+    write_report(run.out_dir)
+    what = "coarse-only" if not result["fine_iterations"] else f"held-out ratio {result['heldout_ratio']:.4f}"
+    what += " (oracle look)" if run.model.look == "oracle" else " (prev-only)" if run.model.prev_only else ""
+    what += f" (dense reader, {run.model.dense_tokens} tokens per frame)" if run.model.dense_tokens else ""
+    log.info(f"{run.model.head} seed {run.train.seed}: {result['steps']} steps in {time.time() - t0:.0f} s, {what}")
 
 
 def rows_from(cfg: RunConfig, out: Path, heads: list[str], seeds: int, controls: str) -> list[dict]:

@@ -118,8 +118,8 @@ def run_study(configs: dict[str, RunConfig], out_dir: str | Path, seeds: int = 3
     out, t0, rows = Path(out_dir), time.time(), study_rows(configs["seed"])
     plans = [(row, arm, arm_config(configs, arm, row, out)) for row in rows for arm in ARMS]
     if not summarize_only:
-        for _, _, run in plans:
-            train_all(planned_runs(run, [run.model.head], Path(run.out_dir), seeds, "none"))
+        models = [planned_runs(run, [run.model.head], Path(run.out_dir), seeds, "none") for _, _, run in plans]
+        train_all([model for group in models for model in group])  # all at once: train.jobs of them at a time
     if not distributed.is_main():
         return {}
     results = {}

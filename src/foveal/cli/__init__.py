@@ -296,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"foveal: error: {os_error_line(e)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "foveal: interrupted; what was written is kept (finished runs, checkpoints): --resume goes on",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -49,6 +49,11 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """How many processes torchrun started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str | None = None) -> Dist:
     if "RANK" not in os.environ:
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

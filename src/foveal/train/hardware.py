@@ -8,6 +8,8 @@ import platform
 
 import torch
 
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice at start-up (one per core): what train.threads=0 means
+
 
 def processor(device: torch.device, cpuinfo: str = "/proc/cpuinfo") -> dict:
     """{"name", "bf16_hardware"}: the GPU's name and "cuda", or the CPU's model name and "AMX" / "AVX-512 BF16" /

@@ -45,7 +45,7 @@ from foveal.train.checkpoint import (
     set_rng_state,
 )
 from foveal.train.encoder_cache import EncoderCache, cache_plan, shared_cache
-from foveal.train.hardware import slow_bf16
+from foveal.train.hardware import DEFAULT_THREADS, slow_bf16
 from foveal.train.logger import MetricsLogger, check_wandb, scalars
 from foveal.train.optim import TrainingError, autocast_for, make_optimizer
 from foveal.train.results import step_ratio, summarize_run
@@ -121,6 +121,7 @@ def set_up(cfg: RunConfig) -> Run:
         claim_run_folder(out, fresh=resume_from is None, overwrite=cfg.overwrite)
         cfg.save(out / "config.yaml")
         record_resume(out, resume_from, resume_changes)
+    torch.set_num_threads(t.threads or DEFAULT_THREADS)  # before anything runs: a run's numbers depend on it
     torch.manual_seed(t.seed)
     if t.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -486,6 +487,7 @@ def finish(run: Run, arrays: dict, skipped: dict[str, list[str]], startup: list[
     results["data_skipped"] = {reason: len(names) for reason, names in skipped.items()}  # bad input files
     results["data_skipped_files"] = skipped
     results["flops_per_clip"] = clip_flops(run)  # {"forward", "encoder"}
+    results["threads"] = torch.get_num_threads()  # the numbers are reproducible on this many (train.threads)
     (run.out / "results.json").write_text(strict_json(results))  # null for a missing number
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, run.out / "heldout_losses.pt")
     return results

@@ -48,6 +48,8 @@ SAFE_ON_RESUME = (
     "train.report_clips",
     "train.max_nonfinite",
     "train.encoder_cache_mib",
+    "train.threads",
+    "train.jobs",
     "data.num_workers",
     "cache_dir",
 )
