@@ -79,8 +79,13 @@ def test_ctrl_c_stops_every_worker_with_one_line(tmp_path, cache_dir):
     args = ["compare", "--heads", "film,mlp", "--controls", "none", "--out", str(tmp_path / "cmp")]
     over = [*tiny_overrides(**{"train.steps": 400, "train.ckpt_every": 100}), f"cache_dir={cache_dir}"]
     cmd = [sys.executable, "-m", "foveal", *args, *over]
-    proc = subprocess.Popen(
-        [*cmd, "train.jobs=2"], stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path
+    proc = subprocess.Popen(  # SIGINT handled as in a terminal (a background job, as under make or CI, ignores it)
+        [*cmd, "train.jobs=2"],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in proc.stderr:  # the workers' own lines come once they have started training
