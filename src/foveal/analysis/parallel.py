@@ -2,7 +2,8 @@
 (spawned: each a fresh interpreter that keeps its clip renderings and encoder cache across the models it trains),
 `train.jobs` at a time, each on cores // jobs torch threads. The tiny presets' steps are bound by small kernels and
 Python, which one thread runs about as fast as two (the look preset's FiLM step: 0.129 s on one thread, 0.125 s on
-two; README, "Where researchers wait"), so on two cores two models train in little more than the time of one."""
+two; README, "Where researchers wait"). On two cores two models side by side slow each other (~1.5x each), so they
+take ~1.34x the time of one (two look-preset mlp models 78.7 s, one 58.9 s): 1.5x the throughput, not 2x."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from tqdm import tqdm
 
 from foveal import log as logs
 from foveal.train.hardware import DEFAULT_THREADS
-
-log = logging.getLogger(__name__)
 
 # A model's process beside its encoder cache: the full preset's FiLM step peaks at 2.8 GiB on a CPU (README's
 # performance section), the look preset's at ~0.6 GiB, clip renderings up to 0.5 GiB (data/dataset.py).
