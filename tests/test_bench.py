@@ -162,6 +162,15 @@ def test_naive_variants_compute_the_same_loss_and_gradients(which, request):
     assert F.scaled_dot_product_attention is not softmax_attention
 
 
+def test_the_bench_caches_the_encoder_only_when_asked(step, tmp_path):
+    """A preset's encoder_cache `auto` (tiny's) is for compare's models sharing clips; the bench times the uncached
+    step unless `--encoder-cache` (true) asks for the cached one."""
+    assert load_config("tiny").train.encoder_cache == "auto" and step.cache is None
+    cfg = load_config("tiny", overrides=[*SMALL, "train.encoder_cache=true", f"cache_dir={tmp_path}"])
+    cached = Step(cfg, torch.device("cpu"))
+    assert cached.cache is not None and len(cached.cache) == cfg.train.batch_size
+
+
 def test_softmax_attention_matches_sdpa_with_masks_and_gqa():
     q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 7, 8), torch.randn(2, 2, 7, 8)
     mask = torch.rand(5, 7) > 0.3

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from foveal.config import ConfigError, RunConfig, encoder_cache_on
+from foveal.config import ConfigError, RunConfig
 from foveal.evaluation.flops import CPU_FLOPS
 from foveal.model import encoder as encoder_module
 from foveal.model import fused
@@ -139,7 +139,8 @@ class Step:
         self.opt, _ = make_optimizer(self.model, t, device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.cache = self.keys = None
-        if encoder_cache_on(cfg):  # steady state: every clip of the batch already held; the lookup itself is timed
+        # only when asked (true, `--encoder-cache`): a preset's `auto` is for compare's models sharing clips
+        if t.encoder_cache is True:  # steady state: every clip of the batch already held; the lookup itself is timed
             self.cache = EncoderCache(t.encoder_cache_mib)
             self.keys = [f"bench:{i}" for i in range(t.batch_size)]
             with torch.no_grad(), autocast_for(self.precision, device):
@@ -404,7 +405,7 @@ def bench(
         "head": cfg.model.head,
         "precision": cfg.train.precision,
         "frozen_encoder": cfg.model.dino.freeze,
-        "encoder_cache": encoder_cache_on(cfg),
+        "encoder_cache": step.cache is not None,
         "batch": b,
         "frames": t,
         "frame_size": cfg.model.frame_size,
