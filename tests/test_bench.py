@@ -13,6 +13,7 @@ from foveal.analysis.bench import CPU_FLOPS, NAIVE, Step, Variant, patched, soft
 from foveal.cli import main
 from foveal.config import load_config
 from foveal.model import fused as fused_module
+from foveal.model.foveated import FoveatedVLM
 from foveal.train.hardware import processor, slow_bf16
 
 SAME_MATHS = [
@@ -169,6 +170,18 @@ def test_the_bench_caches_the_encoder_only_when_asked(step, tmp_path):
     cfg = load_config("tiny", overrides=[*SMALL, "train.encoder_cache=true", f"cache_dir={tmp_path}"])
     cached = Step(cfg, torch.device("cpu"))
     assert cached.cache is not None and len(cached.cache) == cfg.train.batch_size
+
+
+def test_the_bench_compiles_the_model_only_when_asked(cache_dir, monkeypatch, capsys):
+    """`--compile` (train.compile=true) times the compiled parts and says so; without it nothing is compiled.
+    Recorded, not compiled, here (test_model.py checks what compiling computes)."""
+    calls = []
+    monkeypatch.setattr(FoveatedVLM, "compile_parts", lambda self: calls.append(self.training))
+    args = ["bench", "--steps", "1", "--warmup", "1", "--json", "--compile", f"cache_dir={cache_dir}", *SMALL]
+    assert main(args) == 0
+    assert calls == [True] and json.loads(capsys.readouterr().out)["compiled"] is True
+    Step(load_config("tiny", overrides=[*SMALL, f"cache_dir={cache_dir}"]), torch.device("cpu"))
+    assert calls == [True]
 
 
 def test_softmax_attention_matches_sdpa_with_masks_and_gqa():

@@ -21,6 +21,7 @@ from foveal.data.dataset import build_datasets, micro_batch
 from foveal.data.latent_cache import LatentCache
 from foveal.model.backbones import fingerprint
 from foveal.model.build import build_model
+from foveal.model.foveated import FoveatedVLM
 from foveal.model.targets.vae import encode_latents
 from foveal.train.checkpoint import atomic_save, load_checkpoint, load_model_state, strip_prefixes
 from foveal.train.loop import TrainingError, train
@@ -102,6 +103,17 @@ def test_load_strips_ddp_and_compile_prefixes(tiny_cfg):
     load_model_state(model, {"model": state}, check_frozen=False)
     k = "q_static"
     torch.testing.assert_close(model.state_dict()[k], state[f"module._orig_mod.{k}"])
+
+
+def test_train_compile_compiles_the_parts_before_training(tiny_cfg, monkeypatch):
+    """train.compile=true compiles the model's parts (test_model.py: same loss, gradients and names); off, nothing
+    is compiled. Recorded, not compiled, here: compiling takes longer than this run."""
+    calls = []
+    monkeypatch.setattr(FoveatedVLM, "compile_parts", lambda self: calls.append(self.training))
+    train(tiny_cfg(**{"train.steps": 1, "train.compile": "false"}))
+    assert calls == []
+    train(tiny_cfg(**{"train.steps": 1, "train.compile": "true", "overwrite": "true"}))
+    assert calls == [True]
 
 
 def test_param_groups_put_every_new_module_in_the_connector(tiny_cfg):

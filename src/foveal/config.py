@@ -228,6 +228,7 @@ class TrainConfig:
     encoder_cache: bool | str = False  # keep the frozen encoder's patch K/V per clip in memory (bounded); "auto":
     #                                    wherever it can run (a frozen encoder, not fsdp2), else off
     encoder_cache_mib: int = 4096
+    compile: bool = False  # torch.compile the encoder, the LLM and the head, each on its own (the README's GPU row)
     deterministic: bool = True
     report_clips: int = 2  # held-out clips `foveal viz` draws into report.html's gallery at the end (0 = none)
     parallel: str = "ddp"  # under torchrun: ddp (replicated) | fsdp2 (sharded; step-N.dcp checkpoints)

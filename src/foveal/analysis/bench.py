@@ -57,6 +57,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_size(device: torch.device) -> int:
+    """The square matmul the peak is measured on: 2048 on a CPU; 8192 on a GPU, where 2048^3 is too small to fill
+    the chip (an H200 reaches ~790 TFLOP/s in bf16 at 8192^3, the device notes of this workplace)."""
+    return 8192 if device.type == "cuda" else 2048
+
+
 @torch.no_grad()
 def matmul_peak(dtype: torch.dtype, device: torch.device, size: int = 2048, reps: int = 5) -> float:
     """Best FLOP/s of size^3 matmuls in dtype: the peak this machine's matmul kernels reach right now. On CPU the
@@ -134,6 +140,8 @@ class Step:
         torch.manual_seed(t.seed)
         self.model, _ = build_model(cfg)
         self.model.to(device).train()
+        if t.compile:  # compiled on the warm-up steps, which are not timed
+            self.model.compile_parts()
         self.objective = build_objective(t.objective)
         self.batch = random_batch(cfg, self.model, device, self.objective.caption)
         self.opt, _ = make_optimizer(self.model, t, device)
@@ -392,9 +400,10 @@ def bench(
     memory = warm_up(step, variants, warmup, device)
     flops = count_flops(step)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-    peaks = {cfg.train.precision: matmul_peak(dtype, device)}
+    size = peak_size(device)
+    peaks = {cfg.train.precision: matmul_peak(dtype, device, size)}
     if any(v.precision for v in variants):
-        peaks["fp32"] = matmul_peak(torch.float32, device)
+        peaks["fp32"] = matmul_peak(torch.float32, device, size)
     times = timed(step, variants, steps, log)
 
     b, t = cfg.train.batch_size, cfg.data.num_frames
@@ -406,6 +415,7 @@ def bench(
         "precision": cfg.train.precision,
         "frozen_encoder": cfg.model.dino.freeze,
         "encoder_cache": step.cache is not None,
+        "compiled": cfg.train.compile,
         "batch": b,
         "frames": t,
         "frame_size": cfg.model.frame_size,
@@ -415,6 +425,7 @@ def bench(
         "cores": os.cpu_count(),
         "processor": processor(device),
         "peak_flops_per_s_by_precision": peaks,
+        "peak_matmul_size": size,
         "steps": steps,
         "warmup": warmup,
         **main,
@@ -452,8 +463,9 @@ def format_table(r: dict) -> str:
     peaks = ", ".join(f"{p} {f / 1e9:.0f} GFLOP/s" for p, f in r["peak_flops_per_s_by_precision"].items())
     enc = "frozen" if r["frozen_encoder"] else "trainable"
     enc += ", cached" if r["encoder_cache"] else ""
+    precision = r["precision"] + (" + torch.compile" if r.get("compiled") else "")
     lines = [
-        f"foveal bench: preset {r['preset']}, head {r['head']}, {r['precision']}, {enc} encoder, batch {r['batch']} x "
+        f"foveal bench: preset {r['preset']}, head {r['head']}, {precision}, {enc} encoder, batch {r['batch']} x "
         f"{r['frames']} frames of {r['frame_size']} px; {r['device']}, {r['threads']} threads, load average "
         f"{r['load_avg_before']:.1f} -> {r['load_avg_after']:.1f}; {r['steps']} timed steps after {r['warmup']}",
         "",
@@ -465,7 +477,7 @@ def format_table(r: dict) -> str:
         f"{r['frames_per_s']:.1f} | {r['clips_per_s']:.2f} |",
         "",
         f"{r['processor']['name']} (bf16 matmul hardware: {r['processor']['bf16_hardware']}); measured matmul peak "
-        f"(2048^3): {peaks}; glibc malloc "
+        f"({r.get('peak_matmul_size', 2048)}^3): {peaks}; glibc malloc "
         + ("tuned (allocator.py)" if r.get("malloc_tuned") else "as it was (FOVEAL_MALLOC=default or not glibc)"),
     ]
     if r["device"] == "cpu" and max(r["load_avg_before"], r["load_avg_after"]) > r["cores"]:

@@ -227,6 +227,7 @@ def add_bench(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None)
     p.add_argument("--trainable-encoder", action="store_true", help="train DINOv2 too (default: the config's)")
     p.add_argument("--encoder-cache", action="store_true", help="frozen encoder: K/V cached per clip (else off)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's parts (train.compile=true)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (median, min, max over these)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first; the last one measures peak memory")
     p.add_argument("--compare-naive", action="store_true", help="also time the step with each optimisation undone")

@@ -383,6 +383,8 @@ def cmd_bench(args) -> None:
         o.setdefault("model", {})["dino"] = {"freeze": False}
     if args.encoder_cache:
         o.setdefault("train", {})["encoder_cache"] = True
+    if args.compile:
+        o.setdefault("train", {})["compile"] = True
     cfg = load_config(args.preset, args.config, [o, *args.overrides])
     device = torch.device(args.device) if args.device else None
     result = bench(cfg, args.steps, args.warmup, args.compare_naive, device, say)

@@ -120,6 +120,15 @@ class FoveatedVLM(nn.Module):
         """Pretrained-architecture parts; everything else is newly initialised (the connector)."""
         return [self.encoder.dino, self.llm]
 
+    def compile_parts(self, backend: str = "inductor") -> None:
+        """torch.compile each part on its own (train.compile): the encoder's two readings, the LLM body and the
+        head. The whole forward would break its graph at the passes' Python control flow; compiled in place, the
+        parameters keep their names, so checkpoints are the same as without."""
+        self.encoder.encode = torch.compile(self.encoder.encode, backend=backend)
+        self.encoder.attend = torch.compile(self.encoder.attend, backend=backend)
+        self.llm.model.compile(backend=backend)
+        self.head.compile(backend=backend)
+
     def encode(self, frames: torch.Tensor) -> PatchCache:
         """frames [B, T, 3, H, W] -> cache of the B*T frames (no gradient into a frozen encoder)."""
         flat = frames.flatten(0, 1)

@@ -20,8 +20,11 @@ _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # module -> (k
 
 
 def fusable(x: torch.Tensor) -> bool:
-    """A forward without gradient on a CPU with oneDNN (bf16: with its bf16 kernels)."""
+    """A forward without gradient on a CPU with oneDNN (bf16: with its bf16 kernels); not under torch.compile,
+    which fuses the layers itself (and cannot trace the cached weights)."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if torch.compiler.is_compiling():
         return False
     return compute_dtype(x) != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 

@@ -129,6 +129,8 @@ def set_up(cfg: RunConfig) -> Run:
         log.info(f"{cfg.model.head}: {len(train_set)} training + {len(heldout_set)} held-out clips; building the model")
     model, tokenizer = build_model(cfg)
     model.to(dist.device)
+    if t.compile:
+        model.compile_parts()
     unread = cfg.model.frame_size % model.encoder.patch_size
     if unread and dist.main:  # allowed (the full preset: 256 px at patch 14), but never silent
         log.warning(

@@ -48,6 +48,7 @@ SAFE_ON_RESUME = (
     "train.report_clips",
     "train.max_nonfinite",
     "train.encoder_cache_mib",
+    "train.compile",
     "train.threads",
     "train.jobs",
     "data.num_workers",
