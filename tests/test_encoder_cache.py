@@ -6,7 +6,11 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_overrides
+from foveal.analysis.precompute import encode_share, shares
 from foveal.config import ConfigError, encoder_cache_on, load_config, replace
+from foveal.data.dataset import build_datasets
+from foveal.data.frames import encoder_input
 from foveal.model.build import build_model
 from foveal.train import encoder_cache
 from foveal.train.encoder_cache import MIB, EncoderCache, cache_plan, clip_bytes, entry_bytes, shared_cache
@@ -112,3 +116,30 @@ def test_models_with_one_frozen_encoder_share_its_cache(tiny_cfg, tmp_path, mode
     other, _ = model_cfg  # 3-frame config, same weights: its cache is a fresh one now (only the newest is kept)
     torch.nn.init.zeros_(other.encoder.dino.embeddings.cls_token)
     assert len(shared_cache(other.encoder.dino, "fp32", 64)) == 0
+
+
+def test_workers_encode_parts_once_and_every_cache_holds_them_all(tmp_path, monkeypatch):
+    """compare's workers (train.jobs > 1): each encodes every world-th training clip into shared memory
+    (precompute.encoder_part), and install() puts every part into a process's cache, as views: the cache then
+    holds each clip once, bitwise what encoding it during training gives, within the budget."""
+    monkeypatch.setattr(encoder_cache, "_SHARED", {})
+    cfg = load_config("tiny", overrides=[*tiny_overrides(), f"cache_dir={tmp_path}"])  # 16 clips, all read
+    parts = [encode_share(s) for s in shares([cfg], jobs=2, threads=1) if s.kind == "encoder"]
+    assert [len(p.clips) for p in parts] == [8, 8] and all(p.patches.keys.is_shared() for p in parts)
+    model, _ = build_model(cfg)
+    encoder_cache.install(parts, cfg.train.encoder_cache_mib)
+    cache = shared_cache(model.encoder.dino, cfg.train.precision, cfg.train.encoder_cache_mib)
+    train_set, _ = build_datasets(cfg)
+    assert sorted(cache.entries) == sorted(train_set[i]["key"] for i in range(16))
+    items = [train_set[i] for i in (5, 2)]
+    frames = encoder_input(torch.stack([it["frames"] for it in items]))
+    got, want = cache.lookup([it["key"] for it in items], frames, model.encode), model.encode(frames)
+    assert cache.misses == 0 and all(torch.equal(a, b) for a, b in zip(vars(got).values(), vars(want).values()))
+    assert cache.entries[items[0]["key"]].keys.untyped_storage().data_ptr() in {
+        p.patches.keys.untyped_storage().data_ptr() for p in parts
+    }  # views of the shared parts, not copies
+    monkeypatch.setattr(encoder_cache, "_SHARED", {})
+    small = clip_bytes(model, cfg.data.num_frames, cfg.model.frame_size, cfg.train.precision) * 3 // MIB + 1
+    encoder_cache.install(parts, small)
+    held = shared_cache(model.encoder.dino, cfg.train.precision, small)
+    assert 0 < len(held) < 16 and held.used <= held.budget

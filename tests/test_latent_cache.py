@@ -13,9 +13,12 @@ import torch
 
 import foveal.model.targets.vae as vae_target
 from conftest import tiny_overrides
-from foveal.config import load_config
+from foveal.analysis.precompute import encode_share, shares
+from foveal.config import load_config, replace
+from foveal.data.dataset import build_datasets
 from foveal.data.export import write_synthetic
 from foveal.data.latent_cache import LatentCache
+from foveal.model.backbones import build_vae, fingerprint
 from foveal.train.loop import train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -84,3 +87,22 @@ def test_precompute_under_torchrun_splits_the_clips_between_ranks_and_resumes(tm
         for r in (0, 1)
     ]
     assert sorted(map(len, by_rank)) == [3, 4] and not set(by_rank[0]) & set(by_rank[1])  # 6 train + 1 held-out
+
+
+def test_models_trained_at_once_find_their_vae_latents_encoded_once(tmp_path):
+    """compare with train.jobs > 1: its workers first encode the VAE latents of the clips the models read, split
+    between them (precompute.shares, encode_share): every such clip is in the cache, none encoded twice, and the
+    shares do not depend on the order the workers run in. Runs that read only part of the training clips get the
+    held-out ones; the rest stays lazy."""
+    cfg = load_config("tiny", overrides=[*tiny_overrides(), f"cache_dir={tmp_path}"])  # 4 x 2 x 2 = all 16 clips
+    runs = [cfg, replace(cfg, model={"head": "mlp"}), replace(cfg, model={"target": "dino"})]
+    parts = [s for s in shares(runs, jobs=2, threads=1) if s.kind == "latents"]
+    assert [(p.rank, p.world) for p in parts] == [(0, 2), (1, 2)]  # one VAE target: the mlp run shares film's
+    assert [encode_share(p) for p in reversed(parts)] == [12, 12]  # 16 + 8 clips, half each
+    vae = build_vae(cfg.model.vae, cfg.model.frame_size, cfg.train.seed)
+    cache = LatentCache(tmp_path, fingerprint(vae))
+    for dataset in build_datasets(cfg):
+        assert cache.missing(vae_target.dataset_keys(dataset)) == []
+    assert sum(encode_share(p) for p in parts) == 0
+    short = replace(cfg, train={"steps": 1}, cache_dir=str(tmp_path / "other"))
+    assert sum(encode_share(p) for p in shares([short], jobs=2, threads=1) if p.kind == "latents") == 8

@@ -36,6 +36,13 @@ def test_jobs_for(setting, models, cores, cpu, world, free, cache, jobs):
     assert parallel.jobs_for(setting, models, cores, cpu, world, free, cache) == jobs
 
 
+def test_a_shared_encoder_cache_is_counted_once():
+    """Where the workers map one encoder cache (compare, every training clip read), its budget counts once."""
+    free = 5 * MIB + 4096
+    assert parallel.jobs_for("auto", 5, 16, True, 1, free, 4096, shared=True) == 5
+    assert parallel.jobs_for("auto", 5, 16, True, 1, free, 4096, shared=False) == 2
+
+
 def test_available_memory_is_read_from_meminfo(tmp_path):
     path = tmp_path / "meminfo"
     path.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   2048000 kB\n")
@@ -57,12 +64,12 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
-def test_models_at_once_give_the_numbers_they_give_in_turn(tmp_path, cache_dir):
+def test_models_at_once_give_the_numbers_they_give_in_turn(tmp_path):
     """Two workers against the same models trained in turn on as many threads as each worker had: identical held-out
     arrays (NaN where a clip has no target region), and each run's config says the thread count it ran on."""
-    threads = parallel.threads_per_job(2)
-    assert compare(tmp_path / "at-once", cache_dir, "train.jobs=2") == 0
-    assert compare(tmp_path / "in-turn", cache_dir, "train.jobs=1", f"train.threads={threads}") == 0
+    threads = parallel.threads_per_job(2)  # each with a cache of its own: the workers' VAE latents made afresh
+    assert compare(tmp_path / "at-once", tmp_path / "cache-1", "train.jobs=2") == 0
+    assert compare(tmp_path / "in-turn", tmp_path / "cache-2", "train.jobs=1", f"train.threads={threads}") == 0
     for head in ("film", "mlp"):
         at_once = torch.load(tmp_path / "at-once" / head / "heldout_losses.pt")
         in_turn = torch.load(tmp_path / "in-turn" / head / "heldout_losses.pt")

@@ -23,13 +23,13 @@ from typing import NamedTuple
 
 import torch
 
-from foveal.analysis import parallel
+from foveal.analysis import parallel, precompute
 from foveal.analysis.aggregate import aggregate, run_metrics
 from foveal.analysis.report import write_report
 from foveal.analysis.tables import write_summary
 from foveal.config import ConfigError, RunConfig, encoder_cache_on, leaves, nest, replace, validate, value_text
 from foveal.jsonio import load_numbers
-from foveal.train import distributed
+from foveal.train import distributed, encoder_cache
 from foveal.train.hardware import DEFAULT_THREADS
 from foveal.train.loop import train
 
@@ -131,13 +131,14 @@ def train_all(runs: list[RunConfig]) -> None:
             todo.append(run)
     if not todo:
         return
-    jobs = jobs_of(todo)
+    jobs, shares = jobs_of(todo), []
     if jobs > 1:
         threads = parallel.threads_per_job(jobs)
         log.info(f"compare: {len(todo)} models, {jobs} at a time on {threads} thread(s) each (train.jobs=1: in turn)")
         todo = [r if r.train.threads else replace(r, train={"threads": threads}) for r in todo]
         todo.sort(key=lambda r: -r.train.steps * (1 + r.train.fine_iterations))  # the long first: none runs alone
-    parallel.run_all(train_one, todo, jobs)
+        shares = precompute.shares(todo, jobs, threads)  # targets and encoder cache once, split between the workers
+    parallel.run_all(train_one, todo, jobs, before=(precompute.encode_share, shares))
 
 
 def jobs_of(runs: list[RunConfig]) -> int:
@@ -145,11 +146,16 @@ def jobs_of(runs: list[RunConfig]) -> int:
     cache = t.encoder_cache_mib if encoder_cache_on(runs[0]) else 0
     cpu = not torch.cuda.is_available()
     free = parallel.available_mib()
-    return parallel.jobs_for(t.jobs, len(runs), DEFAULT_THREADS, cpu, distributed.world_size(), free, cache)
+    reads = max(r.train.steps * r.train.batch_size * r.train.grad_accum for r in runs)
+    shared = 0 < runs[0].data.train_clips <= reads  # the workers then map one cache (precompute.encoder_part)
+    return parallel.jobs_for(t.jobs, len(runs), DEFAULT_THREADS, cpu, distributed.world_size(), free, cache, shared)
 
 
-def train_one(run: RunConfig) -> None:
+def train_one(run: RunConfig, made: list = ()) -> None:
+    """One model; `made`: what the workers made before the models started (precompute.shares): the encoder
+    cache's parts go into this process's cache."""
     t0 = time.time()
+    encoder_cache.install([m for m in made if isinstance(m, encoder_cache.Part)], run.train.encoder_cache_mib)
     result = train(run)
     if not result:  # a non-zero rank: rank 0 writes reports and tables
         return

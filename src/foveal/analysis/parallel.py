@@ -8,6 +8,7 @@ take ~1.34x the time of one (two look-preset mlp models 78.7 s, one 58.9 s): 1.5
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import signal
@@ -19,8 +20,8 @@ from tqdm import tqdm
 from foveal import log as logs
 from foveal.train.hardware import DEFAULT_THREADS
 
-# A model's process beside its encoder cache: the full preset's FiLM step peaks at 2.8 GiB on a CPU (README's
-# performance section), the look preset's at ~0.6 GiB, clip renderings up to 0.5 GiB (data/dataset.py).
+# A model's process beside the encoder cache (one for all workers): the full preset's FiLM step peaks at 2.8 GiB on
+# a CPU (README's performance section), the look preset's at ~0.6 GiB, clip renderings up to 0.5 GiB (data/dataset.py).
 JOB_MIB = 3072
 
 
@@ -33,17 +34,20 @@ def available_mib(meminfo: str = "/proc/meminfo") -> float | None:
     return None
 
 
-def jobs_for(setting: int | str, models: int, cores: int, cpu: bool, world: int, free_mib, cache_mib: int) -> int:
+def jobs_for(
+    setting: int | str, models: int, cores: int, cpu: bool, world: int, free_mib, cache_mib: int, shared: bool = False
+) -> int:
     """How many models train at once. A number is taken as given (never more than there are models); auto: one per
-    core on a CPU while each fits in memory (JOB_MIB and its encoder cache budget), and one on a GPU (it has one
-    device to share) or under torchrun (every rank takes part in every model)."""
+    core on a CPU while they fit in memory (JOB_MIB each and the encoder cache budget: each worker's, or once where
+    `shared`, the workers mapping one), and one on a GPU (it has one device to share) or under torchrun (every rank
+    takes part in every model)."""
     if world > 1:
         return 1
     if setting != "auto":
         return max(1, min(int(setting), models))
-    if not cpu:
+    if not cpu or free_mib is None:
         return 1
-    fit = int(free_mib // (JOB_MIB + cache_mib)) if free_mib is not None else 1
+    fit = int((free_mib - cache_mib) // JOB_MIB) if shared else int(free_mib // (JOB_MIB + cache_mib))
     return max(1, min(models, cores, fit))
 
 
@@ -54,10 +58,12 @@ def worker_setup(quiet: bool) -> None:
     tqdm.set_lock(threading.RLock())  # not tqdm's default, a multiprocessing lock a terminated worker would leak
 
 
-def run_all(fn: Callable, items: Sequence, jobs: int) -> None:
+def run_all(fn: Callable, items: Sequence, jobs: int, before: tuple[Callable, Sequence] = (None, ())) -> None:
     """fn(item) for every item, `jobs` at a time in spawned processes (jobs == 1: here, in order). The first error
     (or Ctrl-C) stops the workers and is raised here; what they wrote stays: finished models, and checkpoints (atomic
-    files) from which --resume goes on."""
+    files) from which --resume goes on. `before` (fn0, items0): fn0(item) for each of items0 in the same workers,
+    all done before the first fn starts, and their results handed to every fn (fn(item, made=[...]): what every
+    item needs, made once and split between the workers, e.g. compare's VAE latents and encoder cache)."""
     if jobs == 1:
         for item in items:
             fn(item)
@@ -65,7 +71,10 @@ def run_all(fn: Callable, items: Sequence, jobs: int) -> None:
     quiet = not logs.LOGGER.isEnabledFor(logging.INFO)
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's OpenMP threads in a broken state
     with context.Pool(jobs, initializer=worker_setup, initargs=(quiet,)) as pool:  # leaving it terminates them
-        for _ in pool.imap_unordered(fn, items):
+        task = fn
+        if before[1]:
+            task = functools.partial(fn, made=pool.map(before[0], before[1], chunksize=1))
+        for _ in pool.imap_unordered(task, items):
             pass
 
 

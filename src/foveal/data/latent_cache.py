@@ -25,8 +25,9 @@ def writer_rank() -> str:
 
 
 class LatentCache:
-    def __init__(self, cache_dir: str | Path, fingerprint: str):
+    def __init__(self, cache_dir: str | Path, fingerprint: str, writer: str | None = None):
         self.dir = Path(cache_dir) / "latents" / fingerprint
+        self.writer = writer  # the index this process appends to (compare's workers: jobN); None: its rank's
         self.dir.mkdir(parents=True, exist_ok=True)
         self.index: dict[str, str] = {}  # entry -> shard file
         legacy = self.dir / "index.json"  # caches written before the append-only index
@@ -48,7 +49,7 @@ class LatentCache:
         tmp = self.dir / (name + ".tmp")
         save_file(entries, str(tmp))
         os.replace(tmp, self.dir / name)  # the shard exists whole before any index names it
-        with open(self.dir / f"index-{writer_rank()}.jsonl", "a") as f:
+        with open(self.dir / f"index-{self.writer or writer_rank()}.jsonl", "a") as f:
             f.write(json.dumps({"shard": name, "entries": sorted(entries)}) + "\n")
             f.flush()
             os.fsync(f.fileno())

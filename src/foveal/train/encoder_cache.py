@@ -5,10 +5,14 @@ Clips are kept first come, first kept: once the budget is full, the clips not he
 the per-epoch random order a fixed set of held clips gets the same hit rate as any eviction policy would, with no
 churn. The entries are exactly what `model.encode` returned (same dtype: bf16 K/V under bf16 autocast), so a cached
 step computes what an uncached one does. One cache per frozen encoder is shared by every run of the process
-(shared_cache): compare's models encode each clip once between them.
+(shared_cache): compare's models encode each clip once between them. compare's workers (train.jobs > 1) share
+one too: each encodes a part of the clips into shared memory before the models start (analysis/precompute.py),
+and every worker's cache holds views of all the parts (install), so the clips are encoded and held once.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -46,11 +50,52 @@ def shared_cache(dino, precision: str, budget_mib: int) -> EncoderCache:
     """The process's cache for this frozen encoder: keyed by its weights' fingerprint and the precision, so the models
     of one `compare` (or study, or notebook session) that share a frozen encoder encode each clip once between them.
     Only the newest encoder's cache is kept, so at most one budget is ever held."""
-    key = f"{fingerprint(dino)}|{precision}"
+    return shared_cache_for(cache_key(dino, precision), budget_mib)
+
+
+def shared_cache_for(key: str, budget_mib: int) -> EncoderCache:
     if key not in _SHARED:
         _SHARED.clear()
         _SHARED[key] = EncoderCache(budget_mib)
     return _SHARED[key]
+
+
+def cache_key(dino, precision: str) -> str:
+    return f"{fingerprint(dino)}|{precision}"
+
+
+@dataclass
+class Part:
+    """Some clips' entries in shared memory (`share_memory_`): passed to another process, the tensors are mapped,
+    not copied."""
+
+    key: str  # cache_key: which encoder and precision made them
+    clips: list[str]  # the clip keys, in order
+    patches: PatchCache  # K and V [L, N*T, heads, P, hd], features [N*T, P, D]: clip j is frames j*T .. (j+1)*T-1
+
+
+def shared_empty(like: PatchCache, frames: int) -> PatchCache:
+    """An uninitialised PatchCache of `frames` frames, shaped and typed as `like`, in shared memory."""
+
+    def empty(x: torch.Tensor, dim: int) -> torch.Tensor:
+        return torch.empty((*x.shape[:dim], frames, *x.shape[dim + 1 :]), dtype=x.dtype).share_memory_()
+
+    return PatchCache(empty(like.keys, 1), empty(like.values, 1), empty(like.features, 0))
+
+
+def install(parts: list[Part], budget_mib: int) -> None:
+    """In a worker: the process's cache for the parts' encoder holds every clip of the parts (views, no copy; up
+    to the budget), unless it does already."""
+    if not parts or any(p.key != parts[0].key for p in parts):
+        return
+    cache = shared_cache_for(parts[0].key, budget_mib)
+    for part in parts:
+        t = part.patches.features.shape[0] // max(1, len(part.clips))
+        for j, clip in enumerate(part.clips):
+            entry = part.patches.index(slice(j * t, (j + 1) * t))
+            if clip not in cache.entries and cache.used + entry_bytes(entry) <= cache.budget:
+                cache.entries[clip] = entry
+                cache.used += entry_bytes(entry)
 
 
 class EncoderCache:

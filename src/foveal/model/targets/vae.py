@@ -41,10 +41,11 @@ def dataset_keys(dataset) -> list[str]:
 
 
 def encode_missing(dataset, vae, cache: LatentCache, desc: str = "latents", rank: int = 0, world: int = 1) -> int:
-    """Encode this rank's share of the clips the cache lacks (every world-th one); returns how many it encoded.
+    """Encode this rank's share of the clips the cache lacks (of every world-th clip, those missing: a share does not
+    depend on what the others have written yet); returns how many it encoded.
 
     Written in cache shards of 256 clips as it goes, so an interrupted run resumes with what is still missing."""
-    todo = cache.missing(dataset_keys(dataset))[rank::world]
+    todo = [i for i in cache.missing(dataset_keys(dataset)) if i % world == rank]
     t0, new = time.time(), {}
     for i in progress(todo, desc=f"VAE-encoding {desc}", unit="clip"):
         item = dataset[i]
