@@ -380,6 +380,15 @@ def timed(step: Step, variants: list[Variant], steps: int, log) -> dict[str, lis
     return times
 
 
+def measured_peaks(precision: str, fp32_too: bool, device: torch.device) -> dict[str, float]:
+    """The matmul peak of the step's precision (and fp32's, for a variant that runs in it), measured now."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    peaks = {precision: matmul_peak(dtype, device, peak_size(device))}
+    if fp32_too:
+        peaks["fp32"] = matmul_peak(torch.float32, device, peak_size(device))
+    return peaks
+
+
 def bench(
     cfg: RunConfig,
     steps: int = 10,
@@ -399,11 +408,7 @@ def bench(
     variants = variants_for(step, compare_naive)
     memory = warm_up(step, variants, warmup, device)
     flops = count_flops(step)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-    size = peak_size(device)
-    peaks = {cfg.train.precision: matmul_peak(dtype, device, size)}
-    if any(v.precision for v in variants):
-        peaks["fp32"] = matmul_peak(torch.float32, device, size)
+    peaks = measured_peaks(cfg.train.precision, any(v.precision for v in variants), device)
     times = timed(step, variants, steps, log)
 
     b, t = cfg.train.batch_size, cfg.data.num_frames
@@ -425,7 +430,7 @@ def bench(
         "cores": os.cpu_count(),
         "processor": processor(device),
         "peak_flops_per_s_by_precision": peaks,
-        "peak_matmul_size": size,
+        "peak_matmul_size": peak_size(device),
         "steps": steps,
         "warmup": warmup,
         **main,

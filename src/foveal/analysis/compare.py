@@ -146,8 +146,7 @@ def jobs_of(runs: list[RunConfig]) -> int:
     cache = t.encoder_cache_mib if encoder_cache_on(runs[0]) else 0
     cpu = not torch.cuda.is_available()
     free = parallel.available_mib()
-    reads = max(r.train.steps * r.train.batch_size * r.train.grad_accum for r in runs)
-    shared = 0 < runs[0].data.train_clips <= reads  # the workers then map one cache (precompute.encoder_part)
+    shared = 0 < runs[0].data.train_clips <= precompute.clips_read(runs)  # one cache for all (precompute.encoder_part)
     return parallel.jobs_for(t.jobs, len(runs), DEFAULT_THREADS, cpu, distributed.world_size(), free, cache, shared)
 
 

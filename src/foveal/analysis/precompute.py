@@ -64,10 +64,15 @@ def precompute(cfg: RunConfig) -> dict:
     return out
 
 
+def clips_read(runs: list[RunConfig]) -> int:
+    """Training clips the longest of the runs reads (one process; compare's workers are never under torchrun)."""
+    return max(r.train.steps * r.train.batch_size * r.train.grad_accum for r in runs)
+
+
 @dataclass
 class Share:
-    """One worker's part of the VAE latents that models trained at once all read: of every world-th clip of the
-    held-out set and, where the runs read all of them, of the training set, those the cache lacks."""
+    """One worker's part of what models trained at once all read, of every world-th clip: the VAE latents the cache
+    lacks (held-out clips, and training clips where the runs read all of them), or the frozen encoder's K/V."""
 
     run: RunConfig
     rank: int
@@ -78,11 +83,11 @@ class Share:
 
 
 def shares(runs: list[RunConfig], jobs: int, threads: int) -> list[Share]:
-    """What `jobs` workers encode before the models start: each VAE target's clips once, split between them.
-    Otherwise every model that starts before a clip is cached encodes it too, at the same time (the first model of
-    each worker of a five-head tiny compare: 68 s of its 186). A run reading a few clips of a long manifest encodes
-    those as it goes."""
-    seen, out = set(), []
+    """What `jobs` workers encode before the models start: each VAE target's clips once, and the first run's encoder
+    K/V, split between them. Otherwise every model that starts before a clip is cached encodes it too, at the same
+    time (the first model of each worker of a five-head tiny compare: 68 s of its 186), and every worker holds an
+    encoder cache of its own. A run reading a few clips of a long manifest encodes those as it goes."""
+    seen, out, reads = set(), [], clips_read(runs) if runs else 0
     for run in runs:
         t = run.train
         key = json.dumps([dataclasses.asdict(run.data), dataclasses.asdict(run.model.vae), run.model.frame_size,
@@ -90,10 +95,8 @@ def shares(runs: list[RunConfig], jobs: int, threads: int) -> list[Share]:
         if run.model.target != "vae" or key in seen:
             continue
         seen.add(key)
-        reads = max(r.train.steps * r.train.batch_size * r.train.grad_accum for r in runs)
         out += [Share(run, rank, jobs, threads, reads) for rank in range(jobs)]
     if runs and encoder_cache_on(runs[0]):  # the first (longest) run's encoder: the one most runs share
-        reads = max(r.train.steps * r.train.batch_size * r.train.grad_accum for r in runs)
         out += [Share(runs[0], rank, jobs, threads, reads, "encoder") for rank in range(jobs)]
     return out
 

@@ -24,7 +24,7 @@ def fusable(x: torch.Tensor) -> bool:
     which fuses the layers itself (and cannot trace the cached weights)."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # inductor fuses the layers itself
         return False
     return compute_dtype(x) != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
